@@ -1,0 +1,24 @@
+"""schash: deep-hashing cell-type annotation for single-cell RNA-seq.
+
+>>> import schash
+>>> model = schash.train(reference, cell_type_key="cell_type", batch_key="batch")
+>>> schash.annotate(query, model)        # writes obs["schash_label"], ...
+>>> model.save("model.schash"); model = schash.load("model.schash")
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("schash-annotate")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0+unknown"
+
+from ._api import annotate, train
+from ._errors import GeneOverlapError, InputError, LabelKeyError, ModelFileError, SchashError
+from ._io import load_model as load
+from ._model import UNASSIGNED, SchashModel
+
+__all__ = [
+    "train", "annotate", "load", "SchashModel", "UNASSIGNED", "__version__",
+    "SchashError", "InputError", "GeneOverlapError", "LabelKeyError", "ModelFileError",
+]

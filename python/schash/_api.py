@@ -1,0 +1,219 @@
+"""The two verbs: :func:`train` a model on a labelled reference, :func:`annotate` an AnnData with it."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import _hamming
+from ._anchors import make_anchors
+from ._data import _is_anndata, extract
+from ._errors import InputError, LabelKeyError
+from ._logging import logger
+from ._model import SchashModel
+from ._novelty import fit_novelty
+from ._preprocess import fit_preprocessor
+from ._train import TrainConfig, train_network
+
+
+def _column(expr, values, key, what):
+    """Labels or batches from an obs column (``key``) or a vector (``values``), as strings."""
+    if key is not None:
+        if expr.obs is None:
+            raise InputError(f"{what}_key= needs AnnData input; for a matrix pass the {what}s as a vector")
+        if key not in expr.obs:
+            raise LabelKeyError(
+                f"{what} column {key!r} is not in obs; available columns: {list(expr.obs.columns)}"
+            )
+        values = expr.obs[key]
+    if values is None:
+        return None
+    values = pd.Series(np.asarray(values, dtype=object))
+    if len(values) != len(expr.cells):
+        extra = " (it matches the number of genes: is the matrix genes × cells? pass X.T)" \
+            if len(values) == len(expr.genes) else ""
+        raise InputError(f"{len(values)} {what}s for {len(expr.cells)} cells{extra}")
+    missing = values.isna()
+    if missing.any():
+        raise InputError(
+            f"{int(missing.sum())} cells have a missing {what} (NA); remove those cells or give them a {what}"
+        )
+    return values.astype(str).to_numpy()
+
+
+def train(
+    data,
+    labels=None,
+    *,
+    genes=None,
+    cell_type_key: str | None = None,
+    batch_key: str | None = None,
+    batches=None,
+    layer: str | None = None,
+    n_bits: int = 64,
+    n_top_genes: int | None = 2000,
+    transform: str = "log",
+    scale: str = "batch",
+    min_cells_per_type: int = 10,
+    hidden: tuple[int, ...] = (512, 256),
+    dropout: float = 0.2,
+    lr: float = 1e-3,
+    batch_size: int | None = None,
+    max_epochs: int | None = None,
+    prune_quantile: float = 0.99,
+    novelty_alpha: float = 0.01,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+) -> SchashModel:
+    """Train a schash model on a labelled reference.
+
+    Parameters
+    ----------
+    data
+        AnnData (``X`` or ``layer=``), a cells × genes DataFrame, or a cells × genes
+        array / sparse matrix with ``genes=``.  Raw counts or log-normalised values
+        (detected); counts are library-size normalised and log1p-transformed.
+    labels, cell_type_key
+        The cell types: a vector, or the name of an ``obs`` column.
+    batches, batch_key
+        Optional batches (vector or ``obs`` column): gene selection is batch-aware and,
+        with ``scale="batch"``, every batch is standardised on its own.
+    n_bits
+        Length K of the hash codes (a multiple of 8; a power of two gives Hadamard anchors).
+    n_top_genes
+        Number of highly variable genes the model uses (``None``: all genes).
+    transform, scale
+        Input transform (``"log"``, ``"rank"``) and scaling (``"batch"``, ``"reference"``);
+        see :mod:`schash._preprocess`.
+    min_cells_per_type
+        Types with fewer reference cells are dropped with a warning.
+    prune_quantile
+        Held-out reference cells' anchor distances at this quantile set the distance
+        beyond which a call is ``Unassigned``.
+    novelty_alpha
+        Calls whose typicality (p-value) is below this are ``Unassigned``.
+    seed, device, progress
+        Random seed (same seed and CPU give the same model), ``"auto"``/``"cpu"``/``"cuda"``,
+        and whether to show a progress bar.
+
+    Returns
+    -------
+    A :class:`SchashModel`; ``model.history`` holds the per-epoch losses and validation scores.
+    """
+    expr = extract(data, genes, layer=layer)
+    y_str = _column(expr, labels, cell_type_key, "cell type")
+    if y_str is None:
+        raise InputError("no cell types given: pass labels= (a vector) or cell_type_key= (an obs column)")
+    b_str = _column(expr, batches, batch_key, "batch")
+    keep = _usable_cells(expr, y_str, min_cells_per_type)
+    if not keep.all():
+        expr.X, expr.cells = expr.X[keep], expr.cells[keep]
+        y_str = y_str[keep]
+        b_str = b_str[keep] if b_str is not None else None
+    types = sorted(set(y_str))
+    y = pd.Categorical(y_str, categories=types).codes.astype(np.int64)
+    pre, X = fit_preprocessor(expr, n_top_genes=n_top_genes, batches=b_str, transform=transform, scale=scale)
+    anchors = make_anchors(len(types), n_bits, seed)
+    cfg = TrainConfig(hidden=tuple(hidden), dropout=dropout, lr=lr, batch_size=batch_size, max_epochs=max_epochs)
+    module, history, val_idx = train_network(X, y, anchors, cfg=cfg, seed=seed, device=device, progress=progress)
+    codes = _encode_rows(module, X)
+    _, val_dist, _ = _hamming.nearest_anchor(codes[val_idx], _hamming.pack(anchors))
+    threshold = int(np.clip(np.ceil(np.quantile(val_dist, prune_quantile)), n_bits // 8, n_bits // 4 - 1))
+    train_idx = np.setdiff1d(np.arange(len(y)), val_idx)
+    novelty = fit_novelty(X, y, train_idx, val_idx, seed=seed)
+    batch_codes, batch_cats = (None, None)
+    if b_str is not None:
+        bc = pd.Categorical(b_str)
+        batch_codes, batch_cats = bc.codes.astype(np.int64), [str(c) for c in bc.categories]
+    params = dict(n_bits=n_bits, n_top_genes=n_top_genes, transform=transform, scale=scale, seed=seed,
+                  min_cells_per_type=min_cells_per_type, hidden=list(hidden), dropout=dropout, lr=lr,
+                  prune_quantile=prune_quantile, novelty_alpha=novelty_alpha, cell_type_key=cell_type_key,
+                  batch_key=batch_key, layer=layer, n_reference_cells=int(len(y)))
+    logger.info("trained: %d types, %d genes, validation macro F1 %.3f", len(types), len(pre.genes),
+                history["best_val_macro_f1"])
+    return SchashModel(module=module, pre=pre, cell_types=types, anchors=anchors, threshold=threshold,
+                       novelty=novelty, ref_codes=codes, ref_labels=y, params=params, history=history,
+                       ref_batches=batch_codes, batch_categories=batch_cats)
+
+
+def _usable_cells(expr, y_str, min_cells):
+    """Mask of reference cells to train on: drop empty cells and types below ``min_cells``."""
+    totals = np.asarray(expr.X.sum(axis=1)).reshape(-1)
+    keep = totals > 0
+    if (~keep).any():
+        warnings.warn(f"{int((~keep).sum())} reference cells have no expression and are left out", UserWarning,
+                      stacklevel=3)
+    counts = pd.Series(y_str[keep]).value_counts()
+    small = counts[counts < min_cells]
+    if len(small):
+        warnings.warn(
+            f"cell types with fewer than {min_cells} cells are left out: "
+            + ", ".join(f"{t} ({n})" for t, n in small.items())
+            + "; lower min_cells_per_type to keep them",
+            UserWarning,
+            stacklevel=3,
+        )
+        keep &= ~pd.Series(y_str).isin(small.index).to_numpy()
+    n_types = len(set(y_str[keep]))
+    if n_types < 2:
+        raise InputError(
+            f"the reference has {n_types} usable cell type(s); schash needs at least two "
+            f"with {min_cells} or more cells each"
+        )
+    return keep
+
+
+@torch.no_grad()
+def _encode_rows(module, X, chunk: int = 8192) -> np.ndarray:
+    out = [_hamming.pack(module(torch.from_numpy(X.rows(np.arange(s, min(s + chunk, X.shape[0]))))).numpy())
+           for s in range(0, X.shape[0], chunk)]
+    return np.concatenate(out)
+
+
+def annotate(
+    adata,
+    model: SchashModel,
+    *,
+    layer: str | None = None,
+    method: str = "anchor",
+    k: int = 15,
+    batch_key: str | None = None,
+    key_added: str = "schash",
+    copy: bool = False,
+    progress: bool = False,
+):
+    """Annotate an AnnData in place (or a copy), scanpy-style.
+
+    Writes
+    ------
+    ``obs[f"{key_added}_label"]``, ``obs[f"{key_added}_pruned_label"]`` (categorical),
+    ``obs[f"{key_added}_distance"]``, ``obs[f"{key_added}_delta_next"]``,
+    ``obs[f"{key_added}_typicality"]``, ``obs[f"{key_added}_confidence"]`` (float),
+    ``obsm[f"X_{key_added}"]`` (the packed codes, uint8, n_bits/8 columns) and
+    ``uns[key_added]`` (the parameters and gene overlap).
+
+    Returns
+    -------
+    The annotated copy when ``copy=True``, else ``None``.
+    """
+    if not _is_anndata(adata):
+        raise InputError("annotate() takes an AnnData; for a matrix use model.predict(X, genes=...)")
+    enc = model._pass(adata, layer=layer, batch_key=batch_key, progress=progress)
+    df = model.call(enc, method=method, k=k)
+    if copy:
+        adata = adata.copy()
+    for col in df.columns:
+        adata.obs[f"{key_added}_{col}"] = df[col].to_numpy() if col not in ("label", "pruned_label") else df[col].values
+    adata.obsm[f"X_{key_added}"] = enc.codes
+    adata.uns[key_added] = {
+        "params": {"method": method, "k": k, "layer": layer, "batch_key": batch_key, "n_bits": model.n_bits,
+                   "threshold": model.threshold, "novelty_alpha": model.params.get("novelty_alpha", 0.01)},
+        "n_genes_matched": enc.n_genes_matched,
+        "n_genes_model": len(model.pre.genes),
+        "typicality_shift": enc.shift,
+    }
+    return adata if copy else None

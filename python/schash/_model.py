@@ -1,0 +1,175 @@
+"""``SchashModel``: the trained network with everything needed to annotate a query.
+
+It owns the preprocessing, the anchors, the pruning threshold, the typicality
+scorer and the reference database (packed codes and labels of every reference
+cell).  ``encode`` and ``predict`` never modify their input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import sparse
+
+from . import _hamming
+from ._anchors import min_pairwise_distance
+from ._data import extract
+from ._errors import InputError, LabelKeyError
+from ._module import HashMLP
+from ._novelty import NoveltyScorer
+from ._preprocess import Preprocessor, ScaledMatrix
+
+UNASSIGNED = "Unassigned"
+METHODS = ("anchor", "knn")
+
+
+@dataclass
+class Encoded:
+    """What one pass over a query yields: packed codes, typicality and bookkeeping."""
+
+    cells: pd.Index
+    codes: np.ndarray
+    typicality: np.ndarray
+    empty: np.ndarray
+    n_genes_matched: int
+    shift: float
+
+
+@dataclass
+class SchashModel:
+    module: HashMLP
+    pre: Preprocessor
+    cell_types: list[str]
+    anchors: np.ndarray
+    threshold: int
+    novelty: NoveltyScorer
+    ref_codes: np.ndarray
+    ref_labels: np.ndarray
+    params: dict = field(default_factory=dict)
+    history: dict = field(default_factory=dict)
+    ref_batches: np.ndarray | None = None
+    batch_categories: list[str] | None = None
+
+    # -- properties -----------------------------------------------------------------------
+    @property
+    def n_bits(self) -> int:
+        return int(self.anchors.shape[1])
+
+    @property
+    def genes(self) -> list[str]:
+        return list(self.pre.genes)
+
+    @property
+    def packed_anchors(self) -> np.ndarray:
+        return _hamming.pack(self.anchors)
+
+    def __repr__(self) -> str:
+        return (
+            f"SchashModel: {len(self.cell_types)} cell types, {len(self.pre.genes)} genes, {self.n_bits} bits, "
+            f"{self.ref_codes.shape[0]} reference cells\n"
+            f"    cell types: {', '.join(self.cell_types[:8])}{', …' if len(self.cell_types) > 8 else ''}\n"
+            f"    transform={self.pre.transform!r}, scale={self.pre.scale!r}, distance threshold={self.threshold}"
+        )
+
+    # -- encoding ----------------------------------------------------------------------------
+    def _groups(self, expr, batch_key):
+        if batch_key is None:
+            return None
+        if expr.obs is None:
+            raise InputError("batch_key= needs AnnData input (a plain matrix has no obs)")
+        if batch_key not in expr.obs:
+            raise LabelKeyError(f"batch_key {batch_key!r} is not a column of obs; columns: {list(expr.obs.columns)}")
+        codes, _ = pd.factorize(expr.obs[batch_key].astype(str))
+        return codes.astype(np.int64)
+
+    def _pass(self, data, *, genes=None, layer=None, batch_key=None, chunk_size=8192,
+              min_gene_overlap=0.3, progress=False, outputs=False) -> Encoded:
+        expr = extract(data, genes, layer=layer)
+        F, present, _ = self.pre.features(expr, min_overlap=min_gene_overlap)
+        groups, mean, std = self.pre.query_stats(F, self._groups(expr, batch_key))
+        X = ScaledMatrix(F, groups, mean, std, present, self.pre.clip)
+        nnz = np.diff(F.indptr) if sparse.issparse(F) else (F != 0).sum(1)
+        codes, coords, cont = [], [], []
+        from tqdm.auto import tqdm
+
+        starts = range(0, X.shape[0], chunk_size)
+        with torch.no_grad():
+            for s in tqdm(starts, desc="schash encode", disable=not progress, unit="chunk"):
+                rows = X.rows(np.arange(s, min(s + chunk_size, X.shape[0])))
+                out = self.module(torch.from_numpy(rows)).numpy()
+                codes.append(_hamming.pack(out))
+                coords.append(self.novelty.project(rows))
+                if outputs:
+                    cont.append(out)
+        typ, shift = self.novelty.typicality(np.concatenate(coords))
+        enc = Encoded(expr.cells, np.concatenate(codes), typ, np.asarray(nnz).reshape(-1) == 0,
+                      int(present.sum()), shift)
+        if outputs:
+            enc.outputs = np.concatenate(cont)
+        return enc
+
+    def encode(self, data, *, genes=None, layer=None, batch_key=None, chunk_size: int = 8192,
+               progress: bool = False) -> np.ndarray:
+        """Packed hash codes of the cells in ``data``: uint8, ``n_cells × n_bits/8``."""
+        return self._pass(data, genes=genes, layer=layer, batch_key=batch_key, chunk_size=chunk_size,
+                          progress=progress).codes
+
+    # -- annotation --------------------------------------------------------------------------
+    def predict(self, data, *, genes=None, layer=None, method: str = "anchor", k: int = 15,
+                batch_key: str | None = None, chunk_size: int = 8192, progress: bool = False) -> pd.DataFrame:
+        """Annotate the cells of ``data``; returns a DataFrame indexed by cell.
+
+        Columns: ``label`` (nearest type), ``pruned_label`` (``"Unassigned"`` where the
+        call is not trusted: anchor distance above the calibrated threshold, typicality
+        below ``novelty_alpha``, or no expression), ``distance`` (Hamming distance to the
+        nearest anchor), ``delta_next`` (gap to the second-nearest anchor), ``typicality`` (how typical the
+        cell is of the reference, a p-value in (0, 1]) and ``confidence`` in [0, 1]: the
+        code's closeness to its anchor (``method="anchor"``) or the winning vote fraction
+        among the ``k`` nearest reference cells (``method="knn"``), scaled down for cells
+        less typical than 90% of held-out reference cells (``min(1, typicality / 0.1)``).
+        """
+        enc = self._pass(data, genes=genes, layer=layer, batch_key=batch_key, chunk_size=chunk_size, progress=progress)
+        return self.call(enc, method=method, k=k)
+
+    def call(self, enc: Encoded, *, method: str = "anchor", k: int = 15) -> pd.DataFrame:
+        """Turn an :class:`Encoded` pass into labels (see :meth:`predict`)."""
+        if method not in METHODS:
+            raise InputError(f"method must be one of {METHODS}, got {method!r}")
+        best, dist, gap = _hamming.nearest_anchor(enc.codes, self.packed_anchors)
+        half = max(min_pairwise_distance(self.anchors) / 2.0, 1.0)
+        code_score = np.clip(1.0 - dist / half, 0.0, 1.0)
+        if method == "knn":
+            frac, _ = _hamming.knn_vote(enc.codes, self.ref_codes, self.ref_labels,
+                                             len(self.cell_types), k, self.n_bits)
+            best = frac.argmax(1)
+            code_score = frac.max(1)
+        labels = np.asarray(self.cell_types, dtype=object)[best]
+        # typical cells (the bulk of held-out reference cells) keep their code score;
+        # the least typical 10% of the reference and anything stranger are scaled down
+        confidence = code_score * np.minimum(1.0, enc.typicality / 0.1)
+        alpha = self.params.get("novelty_alpha", 0.01)
+        keep = (dist <= self.threshold) & (enc.typicality >= alpha) & ~enc.empty
+        labels = np.where(enc.empty, UNASSIGNED, labels)
+        confidence = np.where(enc.empty, 0.0, confidence)
+        cats = list(self.cell_types) + [UNASSIGNED]
+        return pd.DataFrame(
+            {
+                "label": pd.Categorical(labels, categories=cats),
+                "pruned_label": pd.Categorical(np.where(keep, labels, UNASSIGNED), categories=cats),
+                "distance": dist.astype(np.float64),
+                "delta_next": gap.astype(np.int64),
+                "typicality": enc.typicality.astype(np.float64),
+                "confidence": confidence.astype(np.float64),
+            },
+            index=enc.cells,
+        )
+
+    # -- persistence -------------------------------------------------------------------------
+    def save(self, path, *, overwrite: bool = False) -> None:
+        """Write the model to one safetensors file (weights, tensors and JSON metadata; no pickle)."""
+        from ._io import save_model
+
+        save_model(self, path, overwrite=overwrite)

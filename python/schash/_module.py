@@ -1,0 +1,24 @@
+"""The hashing network: genes → hidden layers → K tanh outputs.  Pure PyTorch, no AnnData, no I/O."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class HashMLP(nn.Module):
+    """A small MLP whose ``tanh`` outputs are continuous hash codes; their sign is the K-bit code."""
+
+    def __init__(self, n_genes: int, n_bits: int, hidden: tuple[int, ...] = (512, 256), dropout: float = 0.2):
+        super().__init__()
+        self.config = {"n_genes": int(n_genes), "n_bits": int(n_bits), "hidden": list(hidden), "dropout": float(dropout)}
+        layers: list[nn.Module] = []
+        width = n_genes
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.LayerNorm(h), nn.ReLU(), nn.Dropout(dropout)]
+            width = h
+        layers.append(nn.Linear(width, n_bits))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(x))

@@ -1,0 +1,85 @@
+"""How typical a cell is of the reference, in expression space.
+
+A network trained to map every cell to some anchor will map a cell of a type the
+reference lacks onto a known anchor with full confidence, so the Hamming distance
+alone cannot flag it.  This scorer keeps a small, stratified bank of reference
+cells in a PCA of the reference's scaled features, and calibrates the mean
+distance to their ``k`` nearest bank cells on held-out reference cells.  A query
+cell's *typicality* is the fraction of held-out reference cells that lie at least
+as far from the bank as it does — a conformal p-value, low for cells unlike any
+reference type.  When most of a query lies farther away than the reference
+(a batch or technology shift), distances are first divided by the ratio of the
+medians, so the shift itself does not make every cell atypical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.neighbors import NearestNeighbors
+
+
+@dataclass
+class NoveltyScorer:
+    components: np.ndarray  # n_comps × genes
+    center: np.ndarray  # genes
+    bank: np.ndarray  # n_bank × n_comps
+    calibration: np.ndarray  # sorted held-out distances
+    k: int = 10
+    min_cells_shift: int = 50
+
+    def project(self, rows: np.ndarray) -> np.ndarray:
+        return ((rows - self.center) @ self.components.T).astype(np.float32)
+
+    def distances(self, coords: np.ndarray) -> np.ndarray:
+        k = min(self.k, len(self.bank))
+        d, _ = NearestNeighbors(n_neighbors=k).fit(self.bank).kneighbors(coords)
+        return d.mean(1)
+
+    def typicality(self, coords: np.ndarray) -> tuple[np.ndarray, float]:
+        """Conformal p-values in (0, 1] and the shift factor applied to the query's distances."""
+        d = self.distances(coords)
+        shift = 1.0
+        if len(d) >= self.min_cells_shift:
+            shift = max(1.0, float(np.median(d) / np.median(self.calibration)))
+        n_ge = len(self.calibration) - np.searchsorted(self.calibration, d / shift, side="left")
+        return (1.0 + n_ge) / (1.0 + len(self.calibration)), shift
+
+    def to_tensors(self) -> dict[str, np.ndarray]:
+        return {"novelty.components": self.components, "novelty.center": self.center,
+                "novelty.bank": self.bank, "novelty.calibration": self.calibration}
+
+    @classmethod
+    def from_tensors(cls, t: dict, k: int) -> "NoveltyScorer":
+        return cls(t["novelty.components"], t["novelty.center"], t["novelty.bank"], t["novelty.calibration"], k=k)
+
+
+def fit_novelty(X, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, *, seed: int,
+                n_comps: int = 30, bank_size: int = 5000, k: int = 10) -> NoveltyScorer:
+    """Fit the PCA on (a sample of) the training cells, build the bank, calibrate on validation cells."""
+    rng = np.random.default_rng(seed)
+    fit_idx = np.sort(rng.choice(train_idx, min(len(train_idx), 20000), replace=False))
+    rows = X.rows(fit_idx)
+    n_comps = int(min(n_comps, rows.shape[1] - 1, rows.shape[0] - 1))
+    pca = PCA(n_components=n_comps, svd_solver="randomized", random_state=seed).fit(rows)
+    bank_idx = _stratified(train_idx, y, bank_size, rng)
+    scorer = NoveltyScorer(pca.components_.astype(np.float32), pca.mean_.astype(np.float32),
+                           np.zeros((0, n_comps), np.float32), np.zeros(0, np.float32), k=k)
+    scorer.bank = scorer.project(X.rows(bank_idx))
+    scorer.calibration = np.sort(scorer.distances(scorer.project(X.rows(val_idx)))).astype(np.float32)
+    return scorer
+
+
+def _stratified(idx: np.ndarray, y: np.ndarray, size: int, rng) -> np.ndarray:
+    """Up to ``size`` cells of ``idx``, proportional to type size but at least 50 (or all) of each type."""
+    if len(idx) <= size:
+        return idx
+    out = []
+    types, counts = np.unique(y[idx], return_counts=True)
+    for t, c in zip(types, counts):
+        members = idx[y[idx] == t]
+        take = min(c, max(50, int(round(size * c / len(idx)))))
+        out.append(rng.choice(members, take, replace=False))
+    return np.sort(np.concatenate(out))

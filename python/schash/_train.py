@@ -1,0 +1,156 @@
+"""The training loop: class-balanced BCE toward each type's anchor plus a quantisation loss.
+
+Plain PyTorch.  Hyper-parameters that depend on the data size (batch size, number of
+epochs, patience) are chosen from it unless given.  Early stopping keeps the weights
+with the best macro F1 of nearest-anchor calls on a stratified validation split.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+from sklearn.model_selection import train_test_split
+
+from ._logging import logger
+from ._module import HashMLP
+
+
+@dataclass
+class TrainConfig:
+    hidden: tuple[int, ...] = (512, 256)
+    dropout: float = 0.2
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int | None = None
+    max_epochs: int | None = None
+    patience: int | None = None
+    val_fraction: float = 0.1
+    beta: float = 0.9999
+    quant_weight: float = 0.1
+    target_steps: int = 4000
+    min_rel_loss_gain: float = 0.01
+    dense_limit_bytes: int = 1 << 30
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def class_weights(y: np.ndarray, n_types: int, beta: float) -> np.ndarray:
+    """Effective-number class weights (Cui et al. 2019), normalised to sum to ``n_types``."""
+    n = np.bincount(y, minlength=n_types).astype(np.float64)
+    eff = (1.0 - np.power(beta, n)) / (1.0 - beta)
+    w = np.where(n > 0, 1.0 / np.maximum(eff, 1e-12), 0.0)
+    return (w / w.sum() * n_types).astype(np.float32)
+
+
+def sizes_from_data(n_train: int, cfg: TrainConfig) -> tuple[int, int, int]:
+    """Batch size, maximum epochs and patience for ``n_train`` cells."""
+    bs = cfg.batch_size or int(np.clip(2 ** round(math.log2(max(n_train, 1) / 20)), 32, 512))
+    steps = math.ceil(n_train / bs)
+    epochs = cfg.max_epochs or int(np.clip(math.ceil(cfg.target_steps / steps), 5, 60))
+    patience = cfg.patience or int(np.clip(epochs // 5, 3, 15))
+    return bs, epochs, patience
+
+
+def split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified train/validation indices; at least one validation cell per type."""
+    idx = np.arange(len(y))
+    n_val = max(int(round(fraction * len(y))), len(np.unique(y)))
+    tr, va = train_test_split(idx, test_size=n_val, stratify=y, random_state=seed)
+    return np.sort(tr), np.sort(va)
+
+
+def predict_anchor(out: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """Nearest anchor of the sign code (max inner product of ±1 codes = min Hamming distance)."""
+    code = torch.where(out > 0, 1.0, -1.0)
+    return (code @ anchors.T).argmax(1)
+
+
+def _batches(X, idx: np.ndarray, bs: int, dense: torch.Tensor | None, device):
+    for s in range(0, len(idx), bs):
+        b = idx[s : s + bs]
+        xb = dense[torch.from_numpy(b)] if dense is not None else torch.from_numpy(X.rows(b))
+        yield b, xb.to(device)
+
+
+def train_network(X, y: np.ndarray, anchors: np.ndarray, *, cfg: TrainConfig, seed: int, device: str, progress: bool):
+    """Train a :class:`HashMLP`; returns (module on CPU in eval mode, history, validation indices)."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    dev = resolve_device(device)
+    n_types = anchors.shape[0]
+    tr, va = split(y, cfg.val_fraction, seed)
+    bs, epochs, patience = sizes_from_data(len(tr), cfg)
+    dense = None
+    if X.shape[0] * X.shape[1] * 4 <= cfg.dense_limit_bytes:
+        dense = torch.from_numpy(np.concatenate([X.rows(np.arange(s, min(s + 65536, X.shape[0])))
+                                                 for s in range(0, X.shape[0], 65536)]))
+    model = HashMLP(X.shape[1], anchors.shape[1], cfg.hidden, cfg.dropout).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    A = torch.from_numpy(anchors).to(dev)
+    target = (A + 1) / 2
+    w = torch.from_numpy(class_weights(y[tr], n_types, cfg.beta)).to(dev)
+    y_t = torch.from_numpy(y.astype(np.int64))
+    history = {"epoch": [], "train_loss": [], "val_loss": [], "val_macro_f1": [], "val_accuracy": []}
+    best, best_state, since = (-1.0, np.inf), None, 0
+    bar = tqdm(range(epochs), desc="schash train", disable=not progress, unit="epoch")
+    for epoch in bar:
+        model.train()
+        total, count = 0.0, 0
+        for b, xb in _batches(X, rng.permutation(tr), bs, dense, dev):
+            yb = y_t[b].to(dev)
+            out = model(xb)
+            loss = _loss(out, target[yb], w[yb], cfg.quant_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(b)
+            count += len(b)
+        val_loss, f1, acc = _evaluate(model, X, y, va, bs, dense, dev, A, target, w, cfg.quant_weight)
+        for key, val in zip(history, (epoch + 1, total / count, val_loss, f1, acc)):
+            history[key].append(val)
+        bar.set_postfix(loss=f"{total / count:.3f}", val_f1=f"{f1:.3f}")
+        # better: a higher validation F1, or the same F1 with a clearly lower validation loss
+        if f1 > best[0] + 1e-4 or (f1 > best[0] - 1e-4 and val_loss < best[1] * (1 - cfg.min_rel_loss_gain)):
+            best, since = (f1, val_loss), 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            since += 1
+            if since >= patience:
+                logger.info("early stop at epoch %d (best validation macro F1 %.3f)", epoch + 1, best[0])
+                break
+    bar.close()
+    model = model.cpu()
+    model.load_state_dict(best_state)
+    model.eval()
+    history.update(batch_size=bs, max_epochs=epochs, patience=patience, best_val_macro_f1=best[0])
+    return model, history, va
+
+
+def _loss(out, target, weight, quant_weight):
+    p = ((out + 1) / 2).clamp(1e-6, 1 - 1e-6)
+    bce = torch.nn.functional.binary_cross_entropy(p, target, reduction="none").mean(1)
+    return (weight * bce).sum() / weight.sum() + quant_weight * ((out.abs() - 1) ** 2).mean()
+
+
+@torch.no_grad()
+def _evaluate(model, X, y, va, bs, dense, dev, A, target, w, quant_weight):
+    model.eval()
+    preds, losses = [], []
+    for b, xb in _batches(X, va, bs * 4, dense, dev):
+        out = model(xb)
+        yb = torch.from_numpy(y[b].astype(np.int64)).to(dev)
+        losses.append(float(_loss(out, target[yb], w[yb], quant_weight)) * len(b))
+        preds.append(predict_anchor(out, A).cpu().numpy())
+    pred = np.concatenate(preds)
+    f1 = f1_score(y[va], pred, average="macro")
+    return sum(losses) / len(va), float(f1), float(np.mean(pred == y[va]))
