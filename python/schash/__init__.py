@@ -17,8 +17,9 @@ from ._api import annotate, train
 from ._errors import GeneOverlapError, InputError, LabelKeyError, ModelFileError, SchashError
 from ._io import load_model as load
 from ._model import UNASSIGNED, SchashModel
+from ._saliency import top_genes
 
 __all__ = [
-    "train", "annotate", "load", "SchashModel", "UNASSIGNED", "__version__",
+    "train", "annotate", "load", "top_genes", "SchashModel", "UNASSIGNED", "__version__",
     "SchashError", "InputError", "GeneOverlapError", "LabelKeyError", "ModelFileError",
 ]

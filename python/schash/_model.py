@@ -85,31 +85,30 @@ class SchashModel:
         codes, _ = pd.factorize(expr.obs[batch_key].astype(str))
         return codes.astype(np.int64)
 
-    def _pass(self, data, *, genes=None, layer=None, batch_key=None, chunk_size=8192,
-              min_gene_overlap=0.3, progress=False, outputs=False) -> Encoded:
+    def _prepare(self, data, *, genes=None, layer=None, batch_key=None, min_gene_overlap=0.3):
+        """Validate, normalise, align and set up scaling: (expr, ScaledMatrix, n genes matched, empty mask)."""
         expr = extract(data, genes, layer=layer)
         F, present, _ = self.pre.features(expr, min_overlap=min_gene_overlap)
         groups, mean, std = self.pre.query_stats(F, self._groups(expr, batch_key))
         X = ScaledMatrix(F, groups, mean, std, present, self.pre.clip)
         nnz = np.diff(F.indptr) if sparse.issparse(F) else (F != 0).sum(1)
-        codes, coords, cont = [], [], []
+        return expr, X, int(present.sum()), np.asarray(nnz).reshape(-1) == 0
+
+    def _pass(self, data, *, genes=None, layer=None, batch_key=None, chunk_size=8192,
+              min_gene_overlap=0.3, progress=False) -> Encoded:
+        expr, X, n_matched, empty = self._prepare(data, genes=genes, layer=layer, batch_key=batch_key,
+                                                  min_gene_overlap=min_gene_overlap)
+        codes, coords = [], []
         from tqdm.auto import tqdm
 
         starts = range(0, X.shape[0], chunk_size)
         with torch.no_grad():
             for s in tqdm(starts, desc="schash encode", disable=not progress, unit="chunk"):
                 rows = X.rows(np.arange(s, min(s + chunk_size, X.shape[0])))
-                out = self.module(torch.from_numpy(rows)).numpy()
-                codes.append(_hamming.pack(out))
+                codes.append(_hamming.pack(self.module(torch.from_numpy(rows)).numpy()))
                 coords.append(self.novelty.project(rows))
-                if outputs:
-                    cont.append(out)
         typ, shift = self.novelty.typicality(np.concatenate(coords))
-        enc = Encoded(expr.cells, np.concatenate(codes), typ, np.asarray(nnz).reshape(-1) == 0,
-                      int(present.sum()), shift)
-        if outputs:
-            enc.outputs = np.concatenate(cont)
-        return enc
+        return Encoded(expr.cells, np.concatenate(codes), typ, empty, n_matched, shift)
 
     def encode(self, data, *, genes=None, layer=None, batch_key=None, chunk_size: int = 8192,
                progress: bool = False) -> np.ndarray:
@@ -166,6 +165,22 @@ class SchashModel:
             },
             index=enc.cells,
         )
+
+    # -- explanation -------------------------------------------------------------------------
+    def saliency(self, data, *, genes=None, layer=None, by="label", method: str = "gradient_x_input",
+                 batch_key: str | None = None) -> pd.DataFrame:
+        """Gene saliency aggregated per group: a genes × groups DataFrame (mean over cells).
+
+        For each cell, the gradient of the agreement between the network's continuous
+        output and the anchor of its assigned type, with respect to the (scaled) input
+        genes; ``method="gradient_x_input"`` multiplies it by the input.  ``by="label"``
+        groups cells by their predicted type; pass an ``obs`` column name or a vector
+        to group by known labels or clusters instead.
+        """
+        from ._saliency import compute_saliency
+
+        return compute_saliency(self, data, genes=genes, layer=layer, by=by, method=method,
+                                batch_key=batch_key).by_group
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, path, *, overwrite: bool = False) -> None:
