@@ -1,0 +1,147 @@
+"""Functions for the R package (schashR), called through reticulate.
+
+They take and return only arrays, lists, dicts and DataFrames, coerce the
+numbers R sends as doubles (``64`` arrives as ``64.0``) and the length-one
+vectors it sends as scalars, and keep R's cell and gene names.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from . import _hamming
+from ._api import train
+from ._errors import InputError
+from ._io import load_model
+from ._saliency import compute_saliency, top_genes as _top_genes
+
+_INT_ARGS = ("n_bits", "n_top_genes", "min_cells_per_type", "batch_size", "max_epochs", "seed", "k")
+
+
+def _strs(x) -> list[str] | None:
+    """A list of strings from what reticulate hands over (str, list, array, None)."""
+    if x is None:
+        return None
+    if isinstance(x, str):
+        return [x]
+    return [str(v) for v in np.asarray(x, dtype=object).reshape(-1)]
+
+
+def _labels(x) -> np.ndarray | None:
+    """Labels from R, with R's NA (None or NaN after conversion) kept as missing."""
+    if x is None:
+        return None
+    if isinstance(x, str):
+        x = [x]
+    vals = pd.Series(np.asarray(x, dtype=object).reshape(-1))
+    return vals.where(~vals.isna(), None).to_numpy()
+
+
+def _ints(kwargs: dict) -> dict:
+    out = dict(kwargs)
+    for key in _INT_ARGS:
+        if out.get(key) is not None:
+            out[key] = int(out[key])
+    if isinstance(out.get("hidden"), (int, float)):
+        out["hidden"] = (int(out["hidden"]),)
+    elif out.get("hidden") is not None:
+        out["hidden"] = tuple(int(h) for h in out["hidden"])
+    return out
+
+
+def _anndata(X, genes, cells):
+    """Cells × genes AnnData from a SciPy sparse or dense matrix and R's names, without densifying."""
+    import anndata
+
+    if sparse.issparse(X):
+        X = sparse.csr_matrix(X)
+    else:
+        X = np.asarray(X)
+        if X.ndim == 1:
+            X = X.reshape(1, -1)
+    genes, cells = _strs(genes), _strs(cells)
+    if genes is None or len(genes) != X.shape[1]:
+        raise InputError(f"the matrix has {X.shape[1]} genes but {0 if genes is None else len(genes)} gene names")
+    if cells is None or len(cells) != X.shape[0]:
+        cells = [f"cell_{i}" for i in range(X.shape[0])]
+    return anndata.AnnData(X=X, obs=pd.DataFrame(index=pd.Index(cells)), var=pd.DataFrame(index=pd.Index(genes)))
+
+
+def set_threads(n) -> None:
+    """Set torch's intra-op threads (1 gives bit-identical results between processes)."""
+    import torch
+
+    torch.set_num_threads(int(n))
+
+
+def train_matrix(X, genes, cells, labels, batches=None, **kwargs):
+    """Train on a cells × genes matrix with R's label (and batch) vectors."""
+    adata = _anndata(X, genes, cells)
+    kwargs = _ints(kwargs)
+    kwargs.setdefault("progress", False)
+    return train(adata, labels=_labels(labels), batches=_labels(batches), **kwargs)
+
+
+def annotate_matrix(model, X, genes, cells, method="anchor", k=15, saliency=True, n_top_cell=5):
+    """Annotate a cells × genes matrix.
+
+    Returns a dict: ``table`` (dict of per-cell columns: label, pruned_label, distance,
+    delta_next, typicality, confidence, and top_genes with ``saliency``), ``codes``
+    (cells × n_bits, ±1 int32), ``saliency`` (genes × types: dict of values, rows, cols; or None),
+    ``n_genes_matched``.
+    """
+    adata = _anndata(X, genes, cells)
+    enc = model._pass(adata)
+    table = model.call(enc, method=str(method), k=int(k))
+    table.index = pd.Index(list(adata.obs_names))
+    out = {"codes": _hamming.unpack(enc.codes, model.n_bits).astype(np.int32), "saliency": None,
+           "n_genes_matched": int(enc.n_genes_matched)}
+    if saliency:
+        sal = compute_saliency(model, adata, n_top_cell=int(n_top_cell))
+        table["top_genes"] = sal.cell_top_genes.to_numpy()
+        out["saliency"] = _matrix(sal.by_group)
+    # columns as plain arrays (label columns as strings; R makes the factors with these levels)
+    out["table"] = {col: (table[col].astype(str).to_numpy(dtype=object) if col in ("label", "pruned_label", "top_genes")
+                          else table[col].to_numpy()) for col in table.columns}
+    out["levels"] = list(model.cell_types) + ["Unassigned"]
+    return out
+
+
+def _matrix(df: pd.DataFrame) -> dict:
+    """A DataFrame as values plus row and column names (no reliance on index conversion)."""
+    return {"values": df.to_numpy(dtype=np.float64), "rows": [str(v) for v in df.index],
+            "cols": [str(v) for v in df.columns]}
+
+
+def encode_matrix(model, X, genes, cells):
+    """Unpacked codes (±1 int32, cells × n_bits) of a cells × genes matrix."""
+    enc = model._pass(_anndata(X, genes, cells))
+    return _hamming.unpack(enc.codes, model.n_bits).astype(np.int32)
+
+
+def model_info(model) -> dict:
+    """What the R print method shows."""
+    return {
+        "cell_types": list(model.cell_types),
+        "genes": list(model.genes),
+        "n_genes": len(model.genes),
+        "n_bits": int(model.n_bits),
+        "n_reference_cells": int(model.ref_codes.shape[0]),
+        "threshold": int(model.threshold),
+        "transform": str(model.pre.transform),
+        "scale": str(model.pre.scale),
+    }
+
+
+def save(model, path, overwrite=False) -> None:
+    model.save(str(path), overwrite=bool(overwrite))
+
+
+def load(path):
+    return load_model(str(path))
+
+
+def top_genes(saliency: pd.DataFrame, n=10) -> pd.DataFrame:
+    return _top_genes(saliency, n=int(n))

@@ -1,0 +1,114 @@
+# Expression matrices (genes x cells, dgCMatrix) and cell metadata from Seurat
+# and SingleCellExperiment objects.
+
+`%||%` <- function(a, b) if (is.null(a)) b else a
+
+# A genes x cells dgCMatrix from a matrix, Matrix or DelayedArray, keeping dimnames.
+as_dgc <- function(m, what = "the expression matrix") {
+  if (inherits(m, "dgCMatrix")) return(m)
+  if (is.data.frame(m)) m <- as.matrix(m)
+  if (!is.matrix(m) && !methods::is(m, "Matrix")) {
+    m <- tryCatch(methods::as(m, "dgCMatrix"), error = function(e) {
+      stop(what, " must be a matrix or sparse Matrix (genes x cells), not ", class(m)[1], call. = FALSE)
+    })
+    return(m)
+  }
+  if (is.matrix(m) && !is.numeric(m)) {
+    stop(what, " must be numeric, not ", typeof(m), call. = FALSE)
+  }
+  m <- methods::as(m, "CsparseMatrix")
+  m <- methods::as(m, "generalMatrix")
+  methods::as(m, "dMatrix")
+}
+
+is_seurat_v5_assay <- function(a) inherits(a, "Assay5")
+
+# Expression of a Seurat object: v5 Assay5 layers via LayerData(layer=), v4 Assay via
+# GetAssayData(slot=).  Default: counts when present, else data.
+seurat_expr <- function(object, assay = NULL, layer = NULL) {
+  assay <- assay %||% SeuratObject::DefaultAssay(object)
+  if (!assay %in% SeuratObject::Assays(object)) {
+    stop("assay '", assay, "' is not in this Seurat object; its assays are: ",
+         paste(SeuratObject::Assays(object), collapse = ", "), call. = FALSE)
+  }
+  a <- object[[assay]]
+  if (is_seurat_v5_assay(a)) {
+    if (!exists("LayerData", envir = asNamespace("SeuratObject"))) {
+      stop("this object has a Seurat v5 assay; install SeuratObject >= 5", call. = FALSE)
+    }
+    layers <- SeuratObject::Layers(a)
+    layer <- layer %||% (if ("counts" %in% layers) "counts" else "data")
+    if (!layer %in% layers) {
+      split <- grep(paste0("^", layer, "\\."), layers, value = TRUE)
+      if (length(split)) {
+        stop("layer '", layer, "' of assay '", assay, "' is split into ", length(split),
+             " layers (", paste(utils::head(split, 3), collapse = ", "), ", ...); ",
+             "join them first: object[['", assay, "']] <- JoinLayers(object[['", assay, "']])",
+             call. = FALSE)
+      }
+      stop("layer '", layer, "' is not in assay '", assay, "'; its layers are: ",
+           paste(layers, collapse = ", "), call. = FALSE)
+    }
+    m <- SeuratObject::LayerData(object, assay = assay, layer = layer)
+  } else {
+    slots <- c("counts", "data", "scale.data")
+    if (is.null(layer)) {
+      counts <- SeuratObject::GetAssayData(object, slot = "counts", assay = assay)
+      layer <- if (prod(dim(counts)) > 0) "counts" else "data"
+    }
+    if (!layer %in% slots) {
+      stop("layer '", layer, "' is not one of ", paste(slots, collapse = ", "),
+           " (a Seurat v4 assay)", call. = FALSE)
+    }
+    if (layer == "scale.data") {
+      stop("schash needs counts or log-normalised data, not scale.data", call. = FALSE)
+    }
+    m <- SeuratObject::GetAssayData(object, slot = layer, assay = assay)
+    if (prod(dim(m)) == 0) {
+      stop("the '", layer, "' slot of assay '", assay, "' is empty", call. = FALSE)
+    }
+  }
+  as_dgc(m)
+}
+
+# Expression of a SingleCellExperiment: counts preferred, logcounts accepted.
+sce_expr <- function(object, assay = NULL) {
+  have <- SummarizedExperiment::assayNames(object)
+  if (is.null(assay)) {
+    assay <- intersect(c("counts", "logcounts"), have)[1]
+    if (is.na(assay)) {
+      stop("the SingleCellExperiment has neither a 'counts' nor a 'logcounts' assay ",
+           "(it has: ", paste(have, collapse = ", "), "); pass assay=", call. = FALSE)
+    }
+  } else if (!assay %in% have) {
+    stop("assay '", assay, "' is not in this SingleCellExperiment; its assays are: ",
+         paste(have, collapse = ", "), call. = FALSE)
+  }
+  m <- SummarizedExperiment::assay(object, assay, withDimnames = TRUE)
+  as_dgc(m)
+}
+
+cell_meta <- function(object) {
+  if (inherits(object, "Seurat")) return(object[[]])
+  as.data.frame(SummarizedExperiment::colData(object))
+}
+
+# A per-cell vector from a metadata column name, or the vector itself.
+meta_values <- function(object, key, what, n) {
+  if (is.null(key)) return(NULL)
+  if (is.character(key) && length(key) == 1 && n != 1) {
+    meta <- cell_meta(object)
+    if (!key %in% colnames(meta)) {
+      stop(what, " column '", key, "' is not in the cell metadata; available columns: ",
+           paste(colnames(meta), collapse = ", "), call. = FALSE)
+    }
+    return(meta[[key]])
+  }
+  key
+}
+
+need <- function(pkg, why) {
+  if (!requireNamespace(pkg, quietly = TRUE)) {
+    stop("package '", pkg, "' is needed ", why, call. = FALSE)
+  }
+}

@@ -1,0 +1,90 @@
+#' Annotate cells with a schash model
+#'
+#' Each cell is hashed and given the cell type of the nearest anchor (or the
+#' majority of its nearest reference cells with `method = "knn"`).
+#'
+#' Added per cell: `schash_label`, `schash_pruned_label` (factor; `"Unassigned"`
+#' where the call is not trusted), `schash_distance` (Hamming distance to the
+#' anchor), `schash_delta_next`, `schash_typicality`, `schash_confidence` and, with
+#' `saliency = TRUE`, `schash_top_genes` (the cell's most salient genes).
+#' For a `Seurat` object these go to the cell metadata, the hash codes (as a
+#' cells x n_bits matrix of -1/+1) to the DimReduc `"schash"` (key `schash_`) and
+#' the per-type gene saliency (genes x types) to `Misc(object, "schash")$saliency`.
+#' For a `SingleCellExperiment`: `colData`, `reducedDim(object, "schash")` and
+#' `metadata(object)$schash$saliency`.  A matrix gives a data.frame with the same
+#' columns, with attributes `"codes"` and `"saliency"`.
+#'
+#' @param object A `Seurat` object, a `SingleCellExperiment`, or a genes x cells
+#'   matrix / `dgCMatrix` with gene names as row names.
+#' @param model A `schash_model`.
+#' @param ... `assay`, `layer` as in [schash_train()]; `k` (neighbours for `"knn"`).
+#' @param method `"anchor"` or `"knn"`.
+#' @param saliency Compute per-type and per-cell gene saliency.
+#' @return The annotated object (a data.frame for a matrix).
+#' @export
+schash_annotate <- function(object, model, ..., method = "anchor", saliency = TRUE) {
+  UseMethod("schash_annotate")
+}
+
+#' @rdname schash_annotate
+#' @export
+schash_annotate.default <- function(object, model, ..., method = "anchor", saliency = TRUE) {
+  res <- annotate_matrix(as_dgc(object), model, method = method, saliency = saliency, ...)
+  out <- res$table
+  attr(out, "codes") <- res$codes
+  attr(out, "saliency") <- res$saliency
+  out
+}
+
+#' @rdname schash_annotate
+#' @param assay,layer Which expression to use, as in [schash_train()].
+#' @export
+schash_annotate.Seurat <- function(object, model, ..., assay = NULL, layer = NULL,
+                                   method = "anchor", saliency = TRUE) {
+  need("SeuratObject", "for Seurat objects")
+  assay <- assay %||% SeuratObject::DefaultAssay(object)
+  res <- annotate_matrix(seurat_expr(object, assay, layer), model, method = method,
+                         saliency = saliency, ...)
+  object <- SeuratObject::AddMetaData(object, res$table)
+  object[["schash"]] <- SeuratObject::CreateDimReducObject(
+    embeddings = res$codes, key = "schash_", assay = assay, misc = list(method = method)
+  )
+  SeuratObject::Misc(object, slot = "schash") <- res$misc
+  object
+}
+
+#' @rdname schash_annotate
+#' @export
+schash_annotate.SingleCellExperiment <- function(object, model, ..., assay = NULL,
+                                                 method = "anchor", saliency = TRUE) {
+  need("SingleCellExperiment", "for SingleCellExperiment objects")
+  res <- annotate_matrix(sce_expr(object, assay), model, method = method, saliency = saliency, ...)
+  cd <- SummarizedExperiment::colData(object)
+  for (col in names(res$table)) cd[[col]] <- res$table[[col]]
+  SummarizedExperiment::colData(object) <- cd
+  SingleCellExperiment::reducedDim(object, "schash") <- res$codes
+  md <- S4Vectors::metadata(object)
+  md$schash <- res$misc
+  S4Vectors::metadata(object) <- md
+  object
+}
+
+annotate_matrix <- function(m, model, method = "anchor", saliency = TRUE, k = 15, ...) {
+  extra <- list(...)
+  if (length(extra)) {
+    stop("unused argument(s): ", paste(names(extra), collapse = ", "), call. = FALSE)
+  }
+  method <- match.arg(method, c("anchor", "knn"))
+  py <- model_py(model)
+  x <- to_py_cells(m)
+  res <- py_call(schash_bridge()$annotate_matrix(py, x$X, x$genes, x$cells, method = method,
+                                                 k = as.integer(k), saliency = isTRUE(saliency)))
+  table <- py_table(res$table, x$cells, res$levels)
+  codes <- as.matrix(res$codes)
+  storage.mode(codes) <- "double"
+  dimnames(codes) <- list(rownames(table), paste0("schash_", seq_len(ncol(codes))))
+  sal <- py_matrix(res$saliency)
+  list(table = table, codes = codes, saliency = sal,
+       misc = list(saliency = sal, method = method, n_genes_matched = res$n_genes_matched,
+                   n_genes_model = model$info$n_genes))
+}

@@ -1,0 +1,139 @@
+#' Train a schash model on a labelled reference
+#'
+#' Trains the deep-hashing network of the schash Python package on a reference
+#' whose cell types are known.  Raw counts or log-normalised values are both
+#' accepted (detected automatically).
+#'
+#' @param object A `Seurat` object, a `SingleCellExperiment`, or a genes x cells
+#'   matrix / `dgCMatrix` with gene names as row names.
+#' @param cell_type For objects, the name of the cell-metadata column holding the
+#'   cell types (or a vector with one label per cell); for a matrix, the vector of labels.
+#' @param batch Optional batches, given like `cell_type`; gene selection and
+#'   scaling are then done per batch.
+#' @param assay Seurat assay (default: the default assay) or SCE assay (default:
+#'   `counts`, else `logcounts`).
+#' @param layer Seurat layer / slot (`counts` or `data`; default: `counts` when present).
+#' @param n_bits Length of the hash codes (a multiple of 8).
+#' @param seed Random seed; the same seed on the same machine gives the same model.
+#' @param ... Further arguments of Python's `schash.train()`, e.g. `n_top_genes`,
+#'   `max_epochs`, `min_cells_per_type`, `transform`, `scale`, `device`.
+#' @return A `schash_model`.
+#' @examples
+#' \dontrun{
+#' model <- schash_train(pbmc_small, cell_type = "groups", max_epochs = 5)
+#' }
+#' @export
+schash_train <- function(object, cell_type, batch = NULL, assay = NULL, layer = NULL,
+                         n_bits = 64, seed = 0, ...) {
+  UseMethod("schash_train")
+}
+
+#' @rdname schash_train
+#' @export
+schash_train.default <- function(object, cell_type, batch = NULL, assay = NULL, layer = NULL,
+                                 n_bits = 64, seed = 0, ...) {
+  if (!is.null(assay) || !is.null(layer)) {
+    stop("assay= and layer= are for Seurat and SingleCellExperiment objects", call. = FALSE)
+  }
+  m <- as_dgc(object)
+  train_matrix(m, cell_type, batch, n_bits, seed, ...)
+}
+
+#' @rdname schash_train
+#' @export
+schash_train.Seurat <- function(object, cell_type, batch = NULL, assay = NULL, layer = NULL,
+                                n_bits = 64, seed = 0, ...) {
+  need("SeuratObject", "for Seurat objects")
+  n <- ncol(object)
+  labels <- meta_values(object, cell_type, "cell type", n)
+  batches <- meta_values(object, batch, "batch", n)
+  train_matrix(seurat_expr(object, assay, layer), labels, batches, n_bits, seed, ...)
+}
+
+#' @rdname schash_train
+#' @export
+schash_train.SingleCellExperiment <- function(object, cell_type, batch = NULL, assay = NULL,
+                                              layer = NULL, n_bits = 64, seed = 0, ...) {
+  need("SummarizedExperiment", "for SingleCellExperiment objects")
+  if (!is.null(layer)) stop("layer= is for Seurat objects; use assay=", call. = FALSE)
+  n <- ncol(object)
+  labels <- meta_values(object, cell_type, "cell type", n)
+  batches <- meta_values(object, batch, "batch", n)
+  train_matrix(sce_expr(object, assay), labels, batches, n_bits, seed, ...)
+}
+
+train_matrix <- function(m, labels, batches, n_bits, seed, ...) {
+  if (missing(labels) || is.null(labels)) stop("cell_type is required", call. = FALSE)
+  labels <- label_list(labels, ncol(m), "cell type")
+  batches <- label_list(batches, ncol(m), "batch")
+  check_available()
+  x <- to_py_cells(m)
+  args <- c(list(x$X, x$genes, x$cells, labels, batches = batches,
+                 n_bits = as.integer(n_bits), seed = as.integer(seed)), list(...))
+  py <- py_call(do.call(schash_bridge()$train_matrix, args))
+  new_schash_model(py)
+}
+
+new_schash_model <- function(py) {
+  info <- py_call(schash_bridge()$model_info(py))
+  structure(list(py = py, info = info), class = "schash_model")
+}
+
+model_py <- function(model) {
+  if (!inherits(model, "schash_model")) {
+    stop("model must be a schash_model (from schash_train() or schash_load())", call. = FALSE)
+  }
+  if (reticulate::py_is_null_xptr(model$py)) {
+    stop("this schash_model's Python object is gone (was it restored with readRDS()?); ",
+         "save models with schash_save() and read them with schash_load()", call. = FALSE)
+  }
+  model$py
+}
+
+#' @export
+print.schash_model <- function(x, ...) {
+  i <- x$info
+  types <- unlist(i$cell_types)
+  cat("schash model: ", length(types), " cell types, ", i$n_genes, " genes, ", i$n_bits,
+      " bits, ", i$n_reference_cells, " reference cells\n", sep = "")
+  shown <- utils::head(types, 10)
+  cat("  cell types: ", paste(shown, collapse = ", "),
+      if (length(types) > length(shown)) ", ..." else "", "\n", sep = "")
+  cat("  transform=", i$transform, ", scale=", i$scale, ", distance threshold=", i$threshold, "\n", sep = "")
+  invisible(x)
+}
+
+#' Cell types and genes of a schash model
+#'
+#' @param model A `schash_model`.
+#' @return `schash_cell_types()`: the cell types; `schash_genes()`: the genes the model uses.
+#' @export
+schash_cell_types <- function(model) unlist(model$info$cell_types)
+
+#' @rdname schash_cell_types
+#' @export
+schash_genes <- function(model) unlist(model$info$genes)
+
+#' Save and load schash models
+#'
+#' The file is the same single safetensors file that Python's `model.save()` writes
+#' and `schash.load()` reads, so models move freely between R and Python.
+#'
+#' @param model A `schash_model`.
+#' @param path File path.
+#' @param overwrite Replace an existing file.
+#' @return `schash_save()`: `path`, invisibly; `schash_load()`: a `schash_model`.
+#' @export
+schash_save <- function(model, path, overwrite = FALSE) {
+  py <- model_py(model)
+  py_call(schash_bridge()$save(py, path.expand(path), overwrite = isTRUE(overwrite)))
+  invisible(path)
+}
+
+#' @rdname schash_save
+#' @export
+schash_load <- function(path) {
+  if (!file.exists(path)) stop("no such file: ", path, call. = FALSE)
+  check_available()
+  new_schash_model(py_call(schash_bridge()$load(normalizePath(path))))
+}
