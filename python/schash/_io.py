@@ -71,10 +71,11 @@ def _read_header(path: Path) -> dict:
             raise ModelFileError(f"{path} is not a schash model file: it is only {size} bytes long")
         (n,) = struct.unpack("<Q", head)
         if n > min(_MAX_HEADER, size - 8):
-            kind = "a pickle" if head[:1] == b"\x80" else "a zip/torch.save archive" if head[:2] == b"PK" else "not"
+            kind = {b"\x80": "; it looks like a pickle, which schash never loads", b"PK": "; it looks like a "
+                    "zip/torch.save archive, which schash never unpickles", b"\x89H": "; it looks like an HDF5 "
+                    "file (.h5ad?)"}.get(head[:2] if head[:1] != b"\x80" else head[:1], "")
             raise ModelFileError(
-                f"{path} is not a schash model file (it looks like {kind} file; schash never unpickles files). "
-                "Models are written by model.save() / schash train"
+                f"{path} is not a schash model file{kind}. Models are written by model.save() or `schash train`"
             )
         try:
             header = json.loads(fh.read(n))

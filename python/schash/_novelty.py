@@ -3,8 +3,11 @@
 A network trained to map every cell to some anchor will map a cell of a type the
 reference lacks onto a known anchor with full confidence, so the Hamming distance
 alone cannot flag it.  This scorer keeps a small, stratified bank of reference
-cells in a PCA of the reference's scaled features, and calibrates the mean
-distance to their ``k`` nearest bank cells on held-out reference cells.  A query
+cells in a PCA of the reference's scaled features.  A cell's distance to the
+reference is the mean distance to its ``k`` nearest bank cells inside the PCA
+subspace combined with its residual off that subspace (what the reference's main
+axes of variation cannot explain — a new type's own marker genes land there).
+The distance is calibrated on held-out reference cells.  A query
 cell's *typicality* is the fraction of held-out reference cells that lie at least
 as far from the bank as it does — a conformal p-value, low for cells unlike any
 reference type.  When most of a query lies farther away than the reference
@@ -31,12 +34,16 @@ class NoveltyScorer:
     min_cells_shift: int = 50
 
     def project(self, rows: np.ndarray) -> np.ndarray:
-        return ((rows - self.center) @ self.components.T).astype(np.float32)
+        """PCA coordinates plus, as the last column, the norm of the residual off the PCA subspace."""
+        centred = rows - self.center
+        coords = centred @ self.components.T
+        resid = np.linalg.norm(centred - coords @ self.components, axis=1)
+        return np.column_stack([coords, resid]).astype(np.float32)
 
-    def distances(self, coords: np.ndarray) -> np.ndarray:
+    def distances(self, projected: np.ndarray) -> np.ndarray:
         k = min(self.k, len(self.bank))
-        d, _ = NearestNeighbors(n_neighbors=k).fit(self.bank).kneighbors(coords)
-        return d.mean(1)
+        d, _ = NearestNeighbors(n_neighbors=k).fit(self.bank[:, :-1]).kneighbors(projected[:, :-1])
+        return np.sqrt(d.mean(1) ** 2 + projected[:, -1] ** 2)
 
     def typicality(self, coords: np.ndarray) -> tuple[np.ndarray, float]:
         """Conformal p-values in (0, 1] and the shift factor applied to the query's distances."""
@@ -66,7 +73,7 @@ def fit_novelty(X, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, *,
     pca = PCA(n_components=n_comps, svd_solver="randomized", random_state=seed).fit(rows)
     bank_idx = _stratified(train_idx, y, bank_size, rng)
     scorer = NoveltyScorer(pca.components_.astype(np.float32), pca.mean_.astype(np.float32),
-                           np.zeros((0, n_comps), np.float32), np.zeros(0, np.float32), k=k)
+                           np.zeros((0, n_comps + 1), np.float32), np.zeros(0, np.float32), k=k)
     scorer.bank = scorer.project(X.rows(bank_idx))
     scorer.calibration = np.sort(scorer.distances(scorer.project(X.rows(val_idx)))).astype(np.float32)
     return scorer

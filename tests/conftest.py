@@ -1,0 +1,53 @@
+"""Shared fixtures: small generated count data and scanpy's bundled real PBMC data."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse
+
+
+def make_counts(n_cells=600, n_genes=300, n_types=4, n_batches=2, seed=0, markers=15, batch_shift=0.5):
+    """Negative-binomial counts with type-specific marker genes and a multiplicative batch effect."""
+    rng = np.random.default_rng(seed)
+    types = rng.integers(0, n_types, n_cells)
+    batches = rng.integers(0, n_batches, n_cells)
+    base = rng.gamma(1.0, 0.5, n_genes)
+    mu = np.tile(base, (n_cells, 1))
+    for t in range(n_types):
+        genes = np.arange(t * markers, (t + 1) * markers) % n_genes
+        mu[np.ix_(types == t, genes)] *= 8.0
+    batch_effect = np.exp(rng.normal(0, batch_shift, (n_batches, n_genes)))
+    mu *= batch_effect[batches]
+    mu *= rng.lognormal(0, 0.3, (n_cells, 1))  # library size
+    counts = rng.negative_binomial(2, 2 / (2 + mu)).astype(np.float32)
+    obs = pd.DataFrame(
+        {"cell_type": pd.Categorical([f"type_{t}" for t in types]), "batch": pd.Categorical([f"b{b}" for b in batches])},
+        index=[f"c{i}" for i in range(n_cells)],
+    )
+    var = pd.DataFrame(index=[f"g{i}" for i in range(n_genes)])
+    return ad.AnnData(X=sparse.csr_matrix(counts), obs=obs, var=var)
+
+
+@pytest.fixture(scope="session")
+def synth():
+    return make_counts()
+
+
+@pytest.fixture(scope="session")
+def synth_model(synth):
+    import schash
+
+    return schash.train(synth, cell_type_key="cell_type", batch_key="batch", max_epochs=15, progress=False)
+
+
+@pytest.fixture(scope="session")
+def pbmc68k():
+    """scanpy's bundled pbmc68k_reduced: 700 real PBMCs, log-normalised values of 765 genes in .raw."""
+    sc = pytest.importorskip("scanpy")
+    full = sc.datasets.pbmc68k_reduced()
+    adata = full.raw.to_adata()
+    adata.obs = full.obs.copy()
+    return adata

@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+from scipy import sparse
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
+
+import schash
+from conftest import make_counts
+
+
+def test_predict_has_no_side_effects_and_is_indexed_by_cell(synth_model, synth):
+    before = synth.copy()
+    df = synth_model.predict(synth)
+    assert list(df.index) == list(synth.obs_names)
+    assert list(df.columns) == ["label", "pruned_label", "distance", "delta_next", "typicality", "confidence"]
+    assert df["confidence"].between(0, 1).all() and df["typicality"].between(0, 1).all()
+    assert set(synth.obs.columns) == set(before.obs.columns) and not synth.obsm
+    assert (synth.X != before.X).nnz == 0
+
+
+def test_annotate_writes_scanpy_style_fields(synth_model, synth):
+    out = schash.annotate(synth, synth_model, copy=True)
+    assert "schash_label" not in synth.obs  # copy=True leaves the input alone
+    for col in ["schash_label", "schash_pruned_label", "schash_distance", "schash_confidence"]:
+        assert col in out.obs
+    assert out.obs["schash_label"].dtype == "category"
+    assert out.obsm["X_schash"].shape == (synth.n_obs, 8) and out.obsm["X_schash"].dtype == np.uint8
+    assert out.uns["schash"]["n_genes_matched"] == len(synth_model.genes)
+    acc = (out.obs["schash_label"].astype(str) == synth.obs["cell_type"].astype(str)).mean()
+    assert acc > 0.95
+    a = synth.copy()
+    assert schash.annotate(a, synth_model, key_added="sh") is None and "sh_label" in a.obs
+
+
+def test_knn_vote_agrees_with_anchors_on_clean_data(synth_model, synth):
+    a = synth_model.predict(synth, method="anchor")["label"].astype(str)
+    b = synth_model.predict(synth, method="knn", k=10)["label"].astype(str)
+    assert (a == b).mean() > 0.95
+
+
+def test_empty_cells_are_unassigned_not_a_crash(synth_model, synth):
+    q = synth[:20].copy()
+    X = q.X.toarray()
+    X[:5] = 0
+    q.X = sparse.csr_matrix(X)
+    df = synth_model.predict(q)
+    assert (df["pruned_label"].iloc[:5] == schash.UNASSIGNED).all()
+    assert (df["confidence"].iloc[:5] == 0).all()
+    assert (df["pruned_label"].iloc[5:] != schash.UNASSIGNED).mean() > 0.8
+
+
+def test_query_with_missing_genes_and_other_gene_order(synth_model, synth):
+    genes = list(synth_model.genes)
+    q = synth[:, synth.var_names[::-1]].copy()  # reversed order
+    keep = [g for g in q.var_names if g != genes[0]]
+    with pytest.warns(UserWarning, match="model genes found"):
+        df = synth_model.predict(q[:, keep].copy())
+    assert (df["label"].astype(str).to_numpy() == synth.obs["cell_type"].astype(str).to_numpy()).mean() > 0.9
+    other = synth.copy()
+    other.var_names = [f"x{i}" for i in range(other.n_vars)]
+    with pytest.raises(schash.GeneOverlapError, match="same gene identifiers"):
+        synth_model.predict(other)
+
+
+def test_unknown_type_gets_lower_confidence():
+    data = make_counts(n_cells=900, n_types=5, seed=4)
+    ref = data[data.obs["batch"] == "b0"]
+    ref = ref[ref.obs["cell_type"] != "type_4"].copy()
+    query = data[data.obs["batch"] == "b1"].copy()
+    m = schash.train(ref, cell_type_key="cell_type", max_epochs=15, progress=False)
+    df = m.predict(query)
+    novel = (query.obs["cell_type"] == "type_4").to_numpy()
+    assert roc_auc_score(novel, -df["confidence"]) > 0.85
+    unassigned = (df["pruned_label"] == schash.UNASSIGNED).to_numpy()
+    assert unassigned[novel].mean() > 3 * unassigned[~novel].mean()
+    assert unassigned[~novel].mean() < 0.1
+
+
+def test_real_pbmc_end_to_end_accuracy(pbmc68k):
+    """Train on half of scanpy's real pbmc68k_reduced, annotate the other half (CellTypist: 0.84)."""
+    y = pbmc68k.obs["bulk_labels"].astype(str).to_numpy()
+    tr, te = train_test_split(np.arange(pbmc68k.n_obs), test_size=0.5, stratify=y, random_state=0)
+    m = schash.train(pbmc68k[tr].copy(), cell_type_key="bulk_labels", min_cells_per_type=5, progress=False)
+    df = m.predict(pbmc68k[te].copy())
+    assert (df["label"].astype(str).to_numpy() == y[te]).mean() >= 0.78

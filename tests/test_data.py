@@ -1,0 +1,70 @@
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse
+
+import schash
+from schash._data import align_genes, detect_kind, extract, log_normalise
+
+
+def test_counts_and_log_are_detected(synth):
+    assert detect_kind(synth.X) == "counts"
+    logged = log_normalise(synth.X, "counts")
+    assert detect_kind(logged) == "log"
+    np.testing.assert_allclose(np.expm1(logged.toarray()).sum(1)[np.asarray(synth.X.sum(1)).ravel() > 0], 1e4, rtol=1e-3)
+
+
+def test_layer_is_honoured_and_unknown_layer_named(synth):
+    a = synth.copy()
+    a.layers["counts"] = a.X.copy()
+    a.X = sparse.csr_matrix(a.X.shape, dtype=np.float32)
+    assert extract(a, layer="counts").X.nnz == synth.X.nnz
+    with pytest.raises(schash.InputError, match="layer 'raw' is not in this AnnData.*counts"):
+        extract(a, layer="raw")
+
+
+def test_genes_by_cells_orientation_is_refused(synth):
+    X = synth.X.T.tocsr()  # genes × cells
+    with pytest.raises(schash.InputError, match="genes × cells.*transpose"):
+        extract(X, genes=list(synth.var_names))
+
+
+def test_labels_matching_genes_point_to_orientation():
+    X = np.ones((5, 3), dtype=np.float32)
+    with pytest.raises(schash.InputError, match="genes × cells"):
+        schash.train(X.T, labels=["a"] * 5, genes=["g1", "g2", "g3", "g4", "g5"])
+
+
+def test_duplicate_genes_nan_and_negative_values_are_refused():
+    X = np.abs(np.random.default_rng(0).normal(size=(4, 3))).astype(np.float32)
+    with pytest.raises(schash.InputError, match="more than once.*var_names_make_unique"):
+        extract(X, genes=["a", "a", "b"])
+    Y = X.copy()
+    Y[1, 1] = np.nan
+    with pytest.raises(schash.InputError, match="1 NaN or infinite"):
+        extract(Y, genes=["a", "b", "c"])
+    Y = X.copy()
+    Y[0, 0] = -1
+    with pytest.raises(schash.InputError, match="negative values.*raw counts or log-normalised"):
+        extract(sparse.csr_matrix(Y), genes=["a", "b", "c"])
+
+
+def test_plain_matrix_needs_gene_names():
+    with pytest.raises(schash.InputError, match="genes="):
+        extract(np.ones((2, 2)))
+
+
+def test_alignment_reorders_zero_fills_and_reports():
+    X = sparse.csr_matrix(np.array([[1, 2, 3], [4, 5, 6]], dtype=np.float32))
+    with pytest.warns(UserWarning, match="2 of 3 model genes found.*'z'"):
+        out, n = align_genes(X, pd.Index(["a", "b", "c"]), pd.Index(["c", "a", "z"]))
+    assert n == 2
+    np.testing.assert_array_equal(out.toarray(), [[3, 1, 0], [6, 4, 0]])
+    with pytest.raises(schash.GeneOverlapError, match="only 1 of the model's 3 genes"):
+        align_genes(X, pd.Index(["a", "b", "c"]), pd.Index(["a", "y", "z"]), min_overlap=0.5)
+
+
+def test_dataframe_input_keeps_names():
+    df = pd.DataFrame([[1.0, 0.0], [0.0, 2.0]], index=["x", "y"], columns=["g1", "g2"])
+    e = extract(df)
+    assert list(e.cells) == ["x", "y"] and list(e.genes) == ["g1", "g2"]

@@ -1,0 +1,52 @@
+import numpy as np
+
+from schash import _hamming
+
+
+def brute(a, b):
+    ua, ub = np.unpackbits(a, axis=1), np.unpackbits(b, axis=1)
+    return (ua[:, None, :] != ub[None, :, :]).sum(-1)
+
+
+def test_distances_equal_brute_force():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (50, 8), dtype=np.uint8)
+    b = rng.integers(0, 256, (30, 8), dtype=np.uint8)
+    np.testing.assert_array_equal(_hamming.distances(a, b, block=7), brute(a, b))
+
+
+def test_pack_unpack_round_trip():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(10, 64))
+    np.testing.assert_array_equal(_hamming.unpack(_hamming.pack(x), 64), np.where(x > 0, 1.0, -1.0))
+
+
+def test_nearest_anchor_distance_and_gap():
+    rng = np.random.default_rng(2)
+    anchors = rng.integers(0, 256, (5, 8), dtype=np.uint8)
+    codes = rng.integers(0, 256, (200, 8), dtype=np.uint8)
+    codes[:50] = codes[:1]  # many duplicates exercise the distinct-code path
+    best, dist, gap = _hamming.nearest_anchor(codes, anchors)
+    d = brute(codes, anchors)
+    np.testing.assert_array_equal(best, d.argmin(1))
+    np.testing.assert_array_equal(dist, d.min(1))
+    np.testing.assert_array_equal(gap, np.sort(d, 1)[:, 1] - d.min(1))
+
+
+def test_knn_vote_equals_brute_force_with_fractional_ties():
+    rng = np.random.default_rng(3)
+    ref = rng.integers(0, 4, (300, 1), dtype=np.uint8)  # few distinct codes: many ties
+    labels = rng.integers(0, 3, 300)
+    q = rng.integers(0, 8, (40, 1), dtype=np.uint8)
+    k = 25
+    frac, mean_d = _hamming.knn_vote(q, ref, labels, 3, k, n_bits=8)
+    d = brute(q, ref)
+    for i in range(len(q)):
+        kth = np.sort(d[i])[k - 1]
+        closer = d[i] < kth
+        tied = d[i] == kth
+        w = closer.astype(float) + tied * (k - closer.sum()) / tied.sum()
+        expect = np.bincount(labels, weights=w, minlength=3) / k
+        np.testing.assert_allclose(frac[i], expect)
+        np.testing.assert_allclose(mean_d[i], (w * d[i]).sum() / k)
+    np.testing.assert_allclose(frac.sum(1), 1.0)

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+
+import schash
+from schash._train import class_weights, sizes_from_data, TrainConfig
+
+
+def test_effective_number_weights_favour_rare_types():
+    w = class_weights(np.array([0] * 1000 + [1] * 10), 2, beta=0.999)
+    assert w[1] > 5 * w[0]
+    np.testing.assert_allclose(w.sum(), 2.0, rtol=1e-5)
+
+
+def test_sizes_follow_the_data():
+    small = sizes_from_data(500, TrainConfig())
+    large = sizes_from_data(1_000_000, TrainConfig())
+    assert small[0] < large[0] and small[1] > large[1]
+
+
+def test_same_seed_same_model(synth):
+    kw = dict(cell_type_key="cell_type", batch_key="batch", max_epochs=3, progress=False)
+    a = schash.train(synth, seed=5, **kw)
+    b = schash.train(synth, seed=5, **kw)
+    c = schash.train(synth, seed=6, **kw)
+    for (k, va), vb in zip(a.module.state_dict().items(), b.module.state_dict().values()):
+        assert torch.equal(va, vb), k
+    np.testing.assert_array_equal(a.encode(synth), b.encode(synth))
+    assert not all(torch.equal(x, y) for x, y in zip(a.module.state_dict().values(), c.module.state_dict().values()))
+
+
+def test_history_is_kept(synth_model):
+    h = synth_model.history
+    assert len(h["epoch"]) == len(h["train_loss"]) == len(h["val_macro_f1"]) >= 1
+    assert h["best_val_macro_f1"] == max(h["val_macro_f1"])
+    assert h["best_val_macro_f1"] > 0.9  # synthetic types are well separated
+
+
+def test_small_types_are_dropped_with_warning(synth):
+    a = synth.copy()
+    a.obs["cell_type"] = a.obs["cell_type"].astype(str)
+    a.obs.iloc[:3, a.obs.columns.get_loc("cell_type")] = "rare"
+    with pytest.warns(UserWarning, match=r"rare \(3\)"):
+        m = schash.train(a, cell_type_key="cell_type", max_epochs=2, progress=False)
+    assert "rare" not in m.cell_types and len(m.cell_types) == 4
+
+
+def test_single_type_and_missing_labels_are_errors(synth):
+    with pytest.raises(schash.InputError, match="at least two"):
+        schash.train(synth, labels=["x"] * synth.n_obs, progress=False)
+    labels = synth.obs["cell_type"].astype(object).to_numpy().copy()
+    labels[4] = None
+    with pytest.raises(schash.InputError, match="1 cells have a missing cell type"):
+        schash.train(synth, labels=labels, progress=False)
+    with pytest.raises(schash.LabelKeyError, match="'nope' is not in obs"):
+        schash.train(synth, cell_type_key="nope", progress=False)
+
+
+def test_plain_sparse_matrix_with_labels(synth):
+    m = schash.train(synth.X, labels=synth.obs["cell_type"].to_numpy(), genes=list(synth.var_names),
+                     max_epochs=5, progress=False, n_top_genes=100)
+    assert len(m.genes) == 100
+    df = m.predict(synth.X, genes=list(synth.var_names))
+    assert (df["label"].astype(str).to_numpy() == synth.obs["cell_type"].astype(str).to_numpy()).mean() > 0.9
