@@ -1,0 +1,4 @@
+library(testthat)
+library(schashR)
+
+test_check("schashR")

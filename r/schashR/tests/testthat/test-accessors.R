@@ -1,0 +1,48 @@
+test_that("Seurat v4 accessors: counts by default, data on request, bad names fail clearly", {
+  p <- pbmc()
+  m <- schashR:::seurat_expr(p)
+  expect_s4_class(m, "dgCMatrix")
+  expect_equal(dim(m), c(230L, 80L))
+  expect_equal(colnames(m), colnames(p))
+  expect_true(all(m@x == round(m@x)))  # counts
+  d <- schashR:::seurat_expr(p, layer = "data")
+  expect_false(all(d@x == round(d@x)))
+  expect_error(schashR:::seurat_expr(p, assay = "ADT"), "assay 'ADT' is not in this Seurat object")
+  expect_error(schashR:::seurat_expr(p, layer = "scale.data"), "not scale.data")
+  expect_error(schashR:::seurat_expr(p, layer = "nope"), "not one of")
+})
+
+test_that("Seurat v5 layers: LayerData, and split layers point to JoinLayers()", {
+  skip_if_no_seurat()
+  skip_if(utils::packageVersion("SeuratObject") < "5.0.0", "SeuratObject < 5: no Assay5")
+  p <- pbmc()
+  counts <- SeuratObject::GetAssayData(p, layer = "counts")
+  obj <- SeuratObject::CreateSeuratObject(counts = methods::as(counts, "dgCMatrix"), meta.data = p[[]])
+  expect_true(inherits(obj[["RNA"]], "Assay5"))
+  m <- schashR:::seurat_expr(obj)
+  expect_equal(dim(m), dim(counts))
+  obj[["RNA"]] <- split(obj[["RNA"]], f = obj$groups)
+  expect_error(schashR:::seurat_expr(obj), "JoinLayers")
+})
+
+test_that("SingleCellExperiment accessors prefer counts and accept logcounts", {
+  sce <- pbmc_sce()
+  m <- schashR:::sce_expr(sce)
+  expect_s4_class(m, "dgCMatrix")
+  expect_true(all(m@x == round(m@x)))
+  lc <- SummarizedExperiment::assay(sce, "counts")
+  lc@x <- log1p(lc@x)
+  sce2 <- SingleCellExperiment::SingleCellExperiment(assays = list(logcounts = lc))
+  expect_equal(schashR:::sce_expr(sce2)@x, lc@x)
+  expect_error(schashR:::sce_expr(sce, assay = "nope"), "assay 'nope' is not in")
+})
+
+test_that("conversion to Python keeps the matrix sparse and the names", {
+  skip_if_no_schash()
+  m <- schashR:::seurat_expr(pbmc())
+  x <- schashR:::to_py_cells(m)
+  expect_true(reticulate::import("scipy.sparse")$issparse(x$X))
+  expect_equal(unlist(reticulate::py_to_r(x$X$shape)), c(80L, 230L))
+  expect_equal(unlist(x$genes), rownames(m))
+  expect_equal(unlist(x$cells), colnames(m))
+})

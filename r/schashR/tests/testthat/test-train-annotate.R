@@ -1,0 +1,121 @@
+cols <- c("schash_label", "schash_pruned_label", "schash_distance", "schash_delta_next",
+          "schash_typicality", "schash_confidence", "schash_top_genes")
+
+test_that("Seurat: train, print, annotate", {
+  skip_if_no_schash()
+  model <- pbmc_model()
+  expect_s3_class(model, "schash_model")
+  expect_equal(schash_cell_types(model), c("0", "1", "2"))
+  expect_output(print(model), "3 cell types, 230 genes, 64 bits, 80 reference cells")
+
+  p <- pbmc()
+  a <- schash_annotate(p, model)
+  expect_s4_class(a, "Seurat")
+  expect_true(all(cols %in% colnames(a[[]])))
+  expect_true(is.factor(a$schash_label))
+  expect_equal(levels(a$schash_label), c("0", "1", "2", "Unassigned"))
+  expect_gt(mean(as.character(a$schash_label) == as.character(p$RNA_snn_res.1)), 0.7)
+  emb <- SeuratObject::Embeddings(a, "schash")
+  expect_equal(dim(emb), c(80L, 64L))
+  expect_equal(rownames(emb), colnames(p))
+  expect_true(all(emb %in% c(-1, 1)))
+  expect_equal(SeuratObject::Key(a[["schash"]]), "schash_")
+  sal <- SeuratObject::Misc(a, slot = "schash")$saliency
+  expect_equal(dim(sal), c(230L, 3L))
+  expect_equal(colnames(sal), c("0", "1", "2"))
+
+  top <- schash_top_genes(a, 4)
+  expect_equal(nrow(top), 12)
+  expect_named(top, c("cell_type", "rank", "gene", "score"))
+  skip_if_not_installed("ggplot2")
+  expect_s3_class(schash_plot_saliency(a, 3), "ggplot")
+})
+
+test_that("Seurat: data slot, knn method, no saliency", {
+  skip_if_no_schash()
+  a <- schash_annotate(pbmc(), pbmc_model(), layer = "data", method = "knn", saliency = FALSE)
+  expect_true("schash_label" %in% colnames(a[[]]))
+  expect_false("schash_top_genes" %in% colnames(a[[]]))
+  expect_error(schash_saliency(a), "no schash saliency")
+})
+
+test_that("SingleCellExperiment: train and annotate", {
+  skip_if_no_schash()
+  sce <- pbmc_sce()
+  model <- do.call(schash_train, c(list(sce, cell_type = "groups"), fast_args))
+  expect_equal(schash_cell_types(model), c("g1", "g2"))
+  a <- schash_annotate(sce, model)
+  expect_s4_class(a, "SingleCellExperiment")
+  cd <- SummarizedExperiment::colData(a)
+  expect_true(all(cols %in% colnames(cd)))
+  expect_true(is.factor(cd$schash_pruned_label))
+  codes <- SingleCellExperiment::reducedDim(a, "schash")
+  expect_equal(dim(codes), c(80L, 64L))
+  expect_equal(rownames(codes), colnames(sce))
+  expect_equal(dim(S4Vectors::metadata(a)$schash$saliency), c(230L, 2L))
+  expect_equal(dim(schash_saliency(a)), c(230L, 2L))
+})
+
+test_that("matrix default: labels as a vector, data.frame out, same answer as Seurat", {
+  skip_if_no_schash()
+  p <- pbmc()
+  counts <- SeuratObject::GetAssayData(p, slot = "counts")
+  model <- do.call(schash_train, c(list(counts, cell_type = p$RNA_snn_res.1), fast_args))
+  res <- schash_annotate(counts, model)
+  expect_s3_class(res, "data.frame")
+  expect_equal(rownames(res), colnames(counts))
+  expect_true(all(cols %in% names(res)))
+  expect_equal(dim(attr(res, "codes")), c(80L, 64L))
+  # dense base matrix gives the same
+  res2 <- schash_annotate(as.matrix(counts), model, saliency = FALSE)
+  expect_equal(res2$schash_label, res$schash_label)
+  # same seed, same data: same as the Seurat path
+  a <- schash_annotate(p, pbmc_model(), saliency = FALSE)
+  expect_equal(as.character(res$schash_label), as.character(a$schash_label))
+})
+
+test_that("bad input gives clear R errors", {
+  skip_if_no_schash()
+  p <- pbmc()
+  expect_error(schash_train(p, cell_type = "no_such_column"),
+               "cell type column 'no_such_column' is not in the cell metadata")
+  expect_error(schash_train(p, cell_type = "groups", batch = "nope"), "batch column 'nope'")
+  p$with_na <- p$groups
+  p$with_na[1:3] <- NA
+  expect_error(schash_train(p, cell_type = "with_na"), "3 cells have a missing cell type")
+  counts <- SeuratObject::GetAssayData(p, slot = "counts")
+  expect_error(schash_train(counts, cell_type = p$groups[1:10]), "10 cell type values for 80 cells")
+  bad <- counts
+  rownames(bad) <- paste0("X_", rownames(bad))
+  err <- expect_error(schash_annotate(bad, pbmc_model()), class = "schash_error")
+  expect_match(conditionMessage(err), "of the model's 230 genes")
+  expect_false(grepl("Traceback|GeneOverlapError", conditionMessage(err)))
+  tiny <- do.call(cbind, rep(list(counts[, 1:3]), 1))
+  expect_error(schash_train(tiny, cell_type = c("a", "b", "c")), "at least two", class = "schash_error")
+  expect_error(schash_annotate(p, "not a model"), "must be a schash_model")
+})
+
+test_that("save and load round-trip, and the file loads in Python", {
+  skip_if_no_schash()
+  model <- pbmc_model()
+  path <- tempfile(fileext = ".schash")
+  schash_save(model, path)
+  expect_true(file.exists(path))
+  expect_error(schash_save(model, path), class = "schash_error")
+  schash_save(model, path, overwrite = TRUE)
+  m2 <- schash_load(path)
+  expect_equal(m2$info, model$info)
+  p <- pbmc()
+  a1 <- schash_annotate(p, model, saliency = FALSE)
+  a2 <- schash_annotate(p, m2, saliency = FALSE)
+  expect_equal(SeuratObject::Embeddings(a1, "schash"), SeuratObject::Embeddings(a2, "schash"))
+  expect_equal(a1$schash_label, a2$schash_label)
+
+  # the same file read by Python's schash.load()
+  py_model <- reticulate::import("schash")$load(path)
+  expect_equal(unlist(py_model$cell_types), schash_cell_types(model))
+  expect_equal(py_model$n_bits, 64L)
+  expect_error(schash_load(tempfile()), "no such file")
+  junk <- tempfile(); writeLines("not a model", junk)
+  expect_error(schash_load(junk), class = "schash_error")
+})
