@@ -67,6 +67,7 @@ def train(
     novelty_alpha: float = 0.01,
     seed: int = 0,
     device: str = "auto",
+    num_threads: int | None = None,
     progress: bool = True,
 ) -> SchashModel:
     """Train a schash model on a labelled reference.
@@ -96,9 +97,11 @@ def train(
         beyond which a call is ``Unassigned``.
     novelty_alpha
         Calls whose typicality (p-value) is below this are ``Unassigned``.
-    seed, device, progress
-        Random seed (same seed and CPU give the same model), ``"auto"``/``"cpu"``/``"cuda"``,
-        and whether to show a progress bar.
+    seed, device, num_threads, progress
+        Random seed (same seed, CPU and thread count give the same model),
+        ``"auto"``/``"cpu"``/``"cuda"``, torch CPU threads while training (``None``: one
+        thread for small networks, torch's default otherwise), and whether to show a
+        progress bar.
 
     Returns
     -------
@@ -118,7 +121,8 @@ def train(
     y = pd.Categorical(y_str, categories=types).codes.astype(np.int64)
     pre, X = fit_preprocessor(expr, n_top_genes=n_top_genes, batches=b_str, transform=transform, scale=scale)
     anchors = make_anchors(len(types), n_bits, seed)
-    cfg = TrainConfig(hidden=tuple(hidden), dropout=dropout, lr=lr, batch_size=batch_size, max_epochs=max_epochs)
+    cfg = TrainConfig(hidden=tuple(hidden), dropout=dropout, lr=lr, batch_size=batch_size, max_epochs=max_epochs,
+                      num_threads=num_threads)
     module, history, val_idx = train_network(X, y, anchors, cfg=cfg, seed=seed, device=device, progress=progress)
     codes = _encode_rows(module, X)
     _, val_dist, _ = _hamming.nearest_anchor(codes[val_idx], _hamming.pack(anchors))

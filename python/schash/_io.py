@@ -64,6 +64,8 @@ def save_model(model, path, *, overwrite: bool = False) -> None:
 
 def _read_header(path: Path) -> dict:
     """Parse the safetensors header by hand first, so a foreign file gets a clear message."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}")
     size = path.stat().st_size
     with open(path, "rb") as fh:
         head = fh.read(8)

@@ -171,9 +171,10 @@ class SchashModel:
                  batch_key: str | None = None) -> pd.DataFrame:
         """Gene saliency aggregated per group: a genes × groups DataFrame (mean over cells).
 
-        For each cell, the gradient of the agreement between the network's continuous
-        output and the anchor of its assigned type, with respect to the (scaled) input
-        genes; ``method="gradient_x_input"`` multiplies it by the input.  ``by="label"``
+        For each cell, the attribution of the agreement between the network's output and
+        the anchor of its assigned type to the (scaled) input genes: gradient × input
+        (default), the plain ``"gradient"``, or ``"integrated_gradients"`` from the
+        average cell (see :mod:`schash._saliency`).  ``by="label"``
         groups cells by their predicted type; pass an ``obs`` column name or a vector
         to group by known labels or clusters instead.
         """

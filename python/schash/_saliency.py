@@ -1,8 +1,12 @@
 """Gradient saliency: which genes pull a cell's code toward the anchor of its type.
 
-For a cell with scaled input ``x`` and assigned anchor ``a``, the saliency is
-``d (a · f(x)) / d x`` (``"gradient"``) or that times ``x`` (``"gradient_x_input"``),
-where ``f`` is the network's continuous (tanh) output.  Cells are processed in
+For a cell with scaled input ``x`` and assigned anchor ``a``, let ``g(x) = a · f(x)``
+where ``f`` is the network's output before tanh.  The saliency is ``dg/dx``
+(``"gradient"``), ``x · dg/dx`` (``"gradient_x_input"``) or the integrated gradients
+from the average cell (zero after scaling) to ``x`` (``"integrated_gradients"``).
+``"gradient_x_input"`` is the default: on scanpy's pbmc68k_reduced it recovered the
+most known markers per type of the three, at a sixteenth of the cost of integrated
+gradients.  Cells are processed in
 chunks, so memory is bounded by the chunk, and per-cell maps are reduced to group
 means and a few top genes per cell on the fly.
 """
@@ -18,7 +22,7 @@ import torch
 from . import _hamming
 from ._errors import InputError, LabelKeyError
 
-SALIENCY_METHODS = ("gradient", "gradient_x_input")
+SALIENCY_METHODS = ("integrated_gradients", "gradient", "gradient_x_input")
 
 
 @dataclass
@@ -42,8 +46,19 @@ def _group_labels(model, expr, by, predicted: np.ndarray) -> np.ndarray:
     return values.astype(str)
 
 
+def _agreement_grad(model, x, target):
+    """Gradient of the agreement between the pre-tanh output and the target anchor.
+
+    The pre-tanh output is used because tanh saturates on trained codes, which would
+    flatten the gradient of well-separated cells toward zero.
+    """
+    x = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad((model.module.net(x) * target).sum(), x)
+    return grad
+
+
 def compute_saliency(model, data, *, genes=None, layer=None, by="label", method="gradient_x_input",
-                     batch_key=None, n_top_cell: int = 5, chunk_size: int = 2048) -> Saliency:
+                     batch_key=None, n_top_cell: int = 5, chunk_size: int = 2048, n_steps: int = 16) -> Saliency:
     if method not in SALIENCY_METHODS:
         raise InputError(f"method must be one of {SALIENCY_METHODS}, got {method!r}")
     expr, X, _, _ = model._prepare(data, genes=genes, layer=layer, batch_key=batch_key)
@@ -52,12 +67,18 @@ def compute_saliency(model, data, *, genes=None, layer=None, by="label", method=
     gene_names = np.asarray(model.pre.genes, dtype=object)
     sal_rows, predicted, top = [], [], []
     for s in range(0, X.shape[0], chunk_size):
-        x = torch.from_numpy(X.rows(np.arange(s, min(s + chunk_size, X.shape[0])))).requires_grad_(True)
-        out = model.module(x)
-        best, _, _ = _hamming.nearest_anchor(_hamming.pack(out.detach().numpy()), packed)
-        agreement = (out * anchors[torch.from_numpy(best)]).sum()
-        (grad,) = torch.autograd.grad(agreement, x)
-        g = grad.numpy() * (x.detach().numpy() if method == "gradient_x_input" else 1.0)
+        x = torch.from_numpy(X.rows(np.arange(s, min(s + chunk_size, X.shape[0]))))
+        with torch.no_grad():
+            best, _, _ = _hamming.nearest_anchor(_hamming.pack(model.module.net(x).numpy()), packed)
+        target = anchors[torch.from_numpy(best)]
+        if method == "integrated_gradients":
+            # path from the average cell (all zeros after scaling) to x, midpoint rule
+            alphas = (np.arange(n_steps) + 0.5) / n_steps
+            grad = sum(_agreement_grad(model, x * float(a), target) for a in alphas) / n_steps
+            g = (grad * x).numpy()
+        else:
+            grad = _agreement_grad(model, x, target)
+            g = (grad * x).numpy() if method == "gradient_x_input" else grad.numpy()
         sal_rows.append(g.astype(np.float32))
         predicted.append(best)
         idx = np.argsort(-g, axis=1)[:, :n_top_cell]

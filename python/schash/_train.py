@@ -33,6 +33,7 @@ class TrainConfig:
     quant_weight: float = 0.1
     target_steps: int = 4000
     min_rel_loss_gain: float = 0.01
+    num_threads: int | None = None
     dense_limit_bytes: int = 1 << 30
 
 
@@ -80,8 +81,33 @@ def _batches(X, idx: np.ndarray, bs: int, dense: torch.Tensor | None, device):
         yield b, xb.to(device)
 
 
+class _threads:
+    """Run with a given number of torch CPU threads, restoring the previous setting afterwards.
+
+    Small networks train several times faster on one thread: the per-step work is too
+    small to split, and a second thread that must wait for a busy core stalls every step.
+    """
+
+    def __init__(self, n: int | None):
+        self.n, self.before = n, torch.get_num_threads()
+
+    def __enter__(self):
+        if self.n:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.before)
+
+
 def train_network(X, y: np.ndarray, anchors: np.ndarray, *, cfg: TrainConfig, seed: int, device: str, progress: bool):
     """Train a :class:`HashMLP`; returns (module on CPU in eval mode, history, validation indices)."""
+    bs, _, _ = sizes_from_data(len(y), cfg)
+    n_threads = cfg.num_threads or (1 if bs * X.shape[1] <= 512 * 1000 else None)
+    with _threads(n_threads):
+        return _train(X, y, anchors, cfg=cfg, seed=seed, device=device, progress=progress)
+
+
+def _train(X, y, anchors, *, cfg, seed, device, progress):
     from tqdm.auto import tqdm
 
     torch.manual_seed(seed)

@@ -1,0 +1,46 @@
+import anndata as ad
+import pandas as pd
+import pytest
+
+from schash._cli import main
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, synth):
+    d = tmp_path_factory.mktemp("cli")
+    synth.write_h5ad(d / "ref.h5ad")
+    return d
+
+
+def test_train_annotate_info(files, capsys):
+    model = files / "m.schash"
+    assert main(["train", str(files / "ref.h5ad"), "--cell-type-key", "cell_type", "--batch-key", "batch",
+                 "--max-epochs", "5", "-o", str(model), "--no-progress"]) == 0
+    assert model.exists()
+    out = files / "out.h5ad"
+    assert main(["annotate", str(model), str(files / "ref.h5ad"), "-o", str(out), "--csv",
+                 str(files / "out.csv"), "--no-progress"]) == 0
+    res = ad.read_h5ad(out)
+    assert "schash_pruned_label" in res.obs and "X_schash" in res.obsm
+    table = pd.read_csv(files / "out.csv", index_col=0)
+    assert list(table.index) == list(res.obs_names) and "schash_confidence" in table
+    assert main(["info", str(model)]) == 0
+    assert "4 cell types" in capsys.readouterr().out
+    # an existing model is not overwritten silently
+    assert main(["train", str(files / "ref.h5ad"), "--cell-type-key", "cell_type", "-o", str(model)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "{d}/ref.h5ad", "--cell-type-key", "nope", "-o", "{d}/x.schash"], "'nope' is not in obs"),
+        (["annotate", "{d}/ref.h5ad", "{d}/ref.h5ad", "-o", "{d}/y.h5ad"], "not a schash model file"),
+        (["info", "{d}/missing.schash"], "no model file"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(files, capsys, argv, message):
+    assert main([a.format(d=files) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert any(line.startswith("schash: error:") and message in line for line in err)
+    assert not any("Traceback" in line for line in err)
