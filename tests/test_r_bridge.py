@@ -51,13 +51,15 @@ def r(tmp_path_factory):
         sce <- SingleCellExperiment(assays = list(counts = counts), colData = S4Vectors::DataFrame(pbmc[[]]))
     """)
     yield ro.r
-    # R objects that wrap Python objects (reticulate) must be freed while Python is fully
-    # alive: R's exit finalizers, run by rpy2's atexit hook, would otherwise touch Python
-    # without a thread state and abort the interpreter.  So end R here, once, cleanly.
-    ro.r("rm(list = ls(all.names = TRUE)); invisible(gc())")
+    # rpy2 ends R at exit (atexit), and R's exit finalizers then release reticulate's
+    # Python objects without a Python thread state, which aborts the interpreter
+    # (reticulate 1.28 has no GIL handling; an R gc() here aborts the same way).  The OS
+    # reclaims the embedded R at exit, so skip that hook.
+    import atexit
+
     from rpy2.rinterface_lib import embedded
 
-    embedded.endr(0)
+    atexit.unregister(embedded.endr)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,13 @@ as_dgc <- function(m, what = "the expression matrix") {
 
 is_seurat_v5_assay <- function(a) inherits(a, "Assay5")
 
+# SeuratObject >= 5 functions, looked up at run time so that this package also
+# installs and checks against SeuratObject 4.
+seurat_v5_api <- function() {
+  "LayerData" %in% getNamespaceExports("SeuratObject")
+}
+seurat_fun <- function(name) getExportedValue("SeuratObject", name)
+
 # Expression of a Seurat object: v5 Assay5 layers via LayerData(layer=), v4 Assay via
 # GetAssayData(slot=).  Default: counts when present, else data.
 seurat_expr <- function(object, assay = NULL, layer = NULL) {
@@ -33,10 +40,10 @@ seurat_expr <- function(object, assay = NULL, layer = NULL) {
   }
   a <- object[[assay]]
   if (is_seurat_v5_assay(a)) {
-    if (!exists("LayerData", envir = asNamespace("SeuratObject"))) {
+    if (!seurat_v5_api()) {
       stop("this object has a Seurat v5 assay; install SeuratObject >= 5", call. = FALSE)
     }
-    layers <- SeuratObject::Layers(a)
+    layers <- seurat_fun("Layers")(a)
     layer <- layer %||% (if ("counts" %in% layers) "counts" else "data")
     if (!layer %in% layers) {
       split <- grep(paste0("^", layer, "\\."), layers, value = TRUE)
@@ -49,11 +56,16 @@ seurat_expr <- function(object, assay = NULL, layer = NULL) {
       stop("layer '", layer, "' is not in assay '", assay, "'; its layers are: ",
            paste(layers, collapse = ", "), call. = FALSE)
     }
-    m <- SeuratObject::LayerData(object, assay = assay, layer = layer)
+    m <- seurat_fun("LayerData")(object, assay = assay, layer = layer)
   } else {
     slots <- c("counts", "data", "scale.data")
+    get <- if (seurat_v5_api()) {
+      function(l) seurat_fun("LayerData")(object, assay = assay, layer = l)
+    } else {
+      function(l) SeuratObject::GetAssayData(object, slot = l, assay = assay)
+    }
     if (is.null(layer)) {
-      counts <- SeuratObject::GetAssayData(object, slot = "counts", assay = assay)
+      counts <- get("counts")
       layer <- if (prod(dim(counts)) > 0) "counts" else "data"
     }
     if (!layer %in% slots) {
@@ -63,7 +75,7 @@ seurat_expr <- function(object, assay = NULL, layer = NULL) {
     if (layer == "scale.data") {
       stop("schash needs counts or log-normalised data, not scale.data", call. = FALSE)
     }
-    m <- SeuratObject::GetAssayData(object, slot = layer, assay = assay)
+    m <- get(layer)
     if (prod(dim(m)) == 0) {
       stop("the '", layer, "' slot of assay '", assay, "' is empty", call. = FALSE)
     }
