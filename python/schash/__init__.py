@@ -18,8 +18,9 @@ from ._errors import GeneOverlapError, InputError, LabelKeyError, ModelFileError
 from ._io import load_model as load
 from ._model import UNASSIGNED, SchashModel
 from ._saliency import top_genes
+from . import pl
 
 __all__ = [
-    "train", "annotate", "load", "top_genes", "SchashModel", "UNASSIGNED", "__version__",
+    "train", "annotate", "load", "top_genes", "pl", "SchashModel", "UNASSIGNED", "__version__",
     "SchashError", "InputError", "GeneOverlapError", "LabelKeyError", "ModelFileError",
 ]

@@ -186,6 +186,7 @@ def annotate(
     method: str = "anchor",
     k: int = 15,
     batch_key: str | None = None,
+    neighbors: int | None = None,
     key_added: str = "schash",
     copy: bool = False,
     progress: bool = False,
@@ -198,7 +199,10 @@ def annotate(
     ``obs[f"{key_added}_distance"]``, ``obs[f"{key_added}_delta_next"]``,
     ``obs[f"{key_added}_typicality"]``, ``obs[f"{key_added}_confidence"]`` (float),
     ``obsm[f"X_{key_added}"]`` (the packed codes, uint8, n_bits/8 columns) and
-    ``uns[key_added]`` (the parameters and gene overlap).
+    ``uns[key_added]`` (the parameters and gene overlap).  With ``neighbors=k``, also the
+    composition of the ``k`` nearest reference cells: ``obsm[f"{key_added}_cell_type_composition"]``
+    and, when the reference had batches, ``obsm[f"{key_added}_batch_composition"]`` (DataFrames,
+    rows sum to 1) and ``obs[f"{key_added}_neighbor_batch"]`` (the majority batch).
 
     Returns
     -------
@@ -213,8 +217,15 @@ def annotate(
     for col in df.columns:
         adata.obs[f"{key_added}_{col}"] = df[col].to_numpy() if col not in ("label", "pruned_label") else df[col].values
     adata.obsm[f"X_{key_added}"] = enc.codes
+    if neighbors:
+        idx, _ = _hamming.knn_indices(enc.codes, model.ref_codes, neighbors)
+        for by in model.reference_obs().columns:
+            comp = model.composition(None, by=by, _neighbors=(adata.obs_names, idx))
+            adata.obsm[f"{key_added}_{by}_composition"] = comp
+            if by == "batch":
+                adata.obs[f"{key_added}_neighbor_batch"] = pd.Categorical(comp.idxmax(axis=1))
     adata.uns[key_added] = {
-        "params": {"method": method, "k": k, "layer": layer, "batch_key": batch_key, "n_bits": model.n_bits,
+        "params": {"method": method, "k": k, "neighbors": neighbors, "layer": layer, "batch_key": batch_key, "n_bits": model.n_bits,
                    "threshold": model.threshold, "novelty_alpha": model.params.get("novelty_alpha", 0.01)},
         "n_genes_matched": enc.n_genes_matched,
         "n_genes_model": len(model.pre.genes),

@@ -85,3 +85,29 @@ def knn_vote(
         frac[s : s + block] = np.einsum("bd,bdl->bl", w, votes) / k
         mean_d[s : s + block] = (take * levels).sum(1) / k
     return frac[q_inv], mean_d[q_inv]
+
+
+def knn_indices(codes: np.ndarray, ref_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest reference cells of each query cell: (indices, distances), both cells × k.
+
+    Neighbours are ordered by distance, ties by reference index — the same as a stable
+    argsort of the full distance row.  Each distinct query code is searched once, against
+    the distinct reference codes, and the answer is shared by all cells with that code.
+    """
+    k = int(min(k, ref_codes.shape[0]))
+    q_uniq, q_inv, _ = distinct(codes)
+    r_uniq, r_inv, _ = distinct(ref_codes)
+    idx = np.empty((q_uniq.shape[0], k), dtype=np.int64)
+    dist = np.empty((q_uniq.shape[0], k), dtype=np.uint16)
+    block = max(1, 4_000_000 // max(1, r_uniq.shape[0]))
+    for s in range(0, q_uniq.shape[0], block):
+        d_codes = distances(q_uniq[s : s + block], r_uniq)
+        for j, row in enumerate(d_codes):
+            d_cells = row[r_inv]
+            kth = np.partition(d_cells, k - 1)[k - 1]
+            closer = np.flatnonzero(d_cells < kth)
+            tied = np.flatnonzero(d_cells == kth)[: k - len(closer)]
+            chosen = np.concatenate([closer, tied])
+            chosen = chosen[np.lexsort((chosen, d_cells[chosen]))]
+            idx[s + j], dist[s + j] = chosen, d_cells[chosen]
+    return idx[q_inv], dist[q_inv]

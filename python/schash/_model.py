@@ -166,6 +166,72 @@ class SchashModel:
             index=enc.cells,
         )
 
+    # -- reference database ------------------------------------------------------------------
+    def neighbors(self, data, *, k: int = 15, genes=None, layer=None, batch_key=None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest reference cells of each query cell by Hamming distance.
+
+        Returns ``(indices, distances)``, each cells × k, ordered by distance (ties by
+        reference index).  Indices point into the reference database, whose labels and
+        batches are ``model.reference_obs()``.
+        """
+        codes = self.encode(data, genes=genes, layer=layer, batch_key=batch_key)
+        return _hamming.knn_indices(codes, self.ref_codes, k)
+
+    def reference_obs(self) -> pd.DataFrame:
+        """The metadata of the reference database: one row per reference cell."""
+        obs = pd.DataFrame({"cell_type": pd.Categorical.from_codes(self.ref_labels, self.cell_types)})
+        if self.ref_batches is not None:
+            obs["batch"] = pd.Categorical.from_codes(self.ref_batches, self.batch_categories)
+        return obs
+
+    def composition(self, data, *, by: str = "batch", k: int = 15, genes=None, layer=None, batch_key=None,
+                    _neighbors=None) -> pd.DataFrame:
+        """Fraction of each category of reference metadata ``by`` among each cell's ``k`` neighbours.
+
+        A cells × categories DataFrame whose rows sum to 1 (``by`` is ``"cell_type"`` or ``"batch"``).
+        """
+        obs = self.reference_obs()
+        if by not in obs:
+            raise LabelKeyError(f"the reference database has no {by!r} column; it has {list(obs.columns)}")
+        if _neighbors is None:
+            expr_cells = extract(data, genes, layer=layer, check_values=False).cells
+            idx, _ = self.neighbors(data, k=k, genes=genes, layer=layer, batch_key=batch_key)
+        else:
+            expr_cells, idx = _neighbors
+        cat = obs[by].cat.codes.to_numpy()[idx]  # cells × k
+        n_cat = len(obs[by].cat.categories)
+        counts = np.zeros((idx.shape[0], n_cat))
+        np.add.at(counts, (np.repeat(np.arange(idx.shape[0]), idx.shape[1]), cat.ravel()), 1.0)
+        return pd.DataFrame(counts / idx.shape[1], index=expr_cells, columns=list(obs[by].cat.categories))
+
+    def add_reference(self, data, labels=None, *, cell_type_key=None, batches=None, batch_key=None,
+                      genes=None, layer=None) -> None:
+        """Append newly labelled cells to the reference database, encoded with the trained network.
+
+        No retraining: the new cells become neighbours for ``method="knn"``, ``neighbors``
+        and ``composition``.  Their cell types must be types the model knows.
+        """
+        from ._api import _column
+
+        expr = extract(data, genes, layer=layer)
+        y = _column(expr, labels, cell_type_key, "cell type")
+        if y is None:
+            raise InputError("add_reference needs labels= or cell_type_key=")
+        unknown = sorted(set(y) - set(self.cell_types))
+        if unknown:
+            raise InputError(f"cell types unknown to this model: {unknown[:5]}; it knows {self.cell_types}")
+        codes = self.encode(data, genes=genes, layer=layer)
+        new_labels = pd.Categorical(y, categories=self.cell_types).codes.astype(np.int64)
+        b = _column(expr, batches, batch_key, "batch")
+        if self.ref_batches is not None or b is not None:
+            old = (pd.Categorical.from_codes(self.ref_batches, self.batch_categories).astype(str)
+                   if self.ref_batches is not None else np.full(len(self.ref_labels), "reference"))
+            allb = pd.Categorical(np.concatenate([np.asarray(old, dtype=object),
+                                                  b if b is not None else np.full(len(y), "added")]))
+            self.ref_batches, self.batch_categories = allb.codes.astype(np.int64), [str(c) for c in allb.categories]
+        self.ref_codes = np.concatenate([self.ref_codes, codes])
+        self.ref_labels = np.concatenate([self.ref_labels, new_labels])
+
     # -- explanation -------------------------------------------------------------------------
     def saliency(self, data, *, genes=None, layer=None, by="label", method: str = "gradient_x_input",
                  batch_key: str | None = None) -> pd.DataFrame:
