@@ -14,7 +14,7 @@ from ._data import _is_anndata, extract
 from ._errors import InputError, LabelKeyError
 from ._logging import logger
 from ._model import SchashModel
-from ._novelty import fit_novelty
+from ._novelty import fit_novelty, margins
 from ._preprocess import fit_preprocessor
 from ._train import TrainConfig, train_network
 
@@ -124,11 +124,11 @@ def train(
     cfg = TrainConfig(hidden=tuple(hidden), dropout=dropout, lr=lr, batch_size=batch_size, max_epochs=max_epochs,
                       num_threads=num_threads)
     module, history, val_idx = train_network(X, y, anchors, cfg=cfg, seed=seed, device=device, progress=progress)
-    codes = _encode_rows(module, X)
+    codes, logits_val = _encode_rows(module, X, val_idx)
     _, val_dist, _ = _hamming.nearest_anchor(codes[val_idx], _hamming.pack(anchors))
     threshold = int(np.clip(np.ceil(np.quantile(val_dist, prune_quantile)), n_bits // 8, n_bits // 4 - 1))
     train_idx = np.setdiff1d(np.arange(len(y)), val_idx)
-    novelty = fit_novelty(X, y, train_idx, val_idx, seed=seed)
+    novelty = fit_novelty(X, y, train_idx, val_idx, seed=seed, val_margins=margins(logits_val, anchors))
     batch_codes, batch_cats = (None, None)
     if b_str is not None:
         bc = pd.Categorical(b_str)
@@ -172,10 +172,15 @@ def _usable_cells(expr, y_str, min_cells):
 
 
 @torch.no_grad()
-def _encode_rows(module, X, chunk: int = 8192) -> np.ndarray:
-    out = [_hamming.pack(module(torch.from_numpy(X.rows(np.arange(s, min(s + chunk, X.shape[0]))))).numpy())
-           for s in range(0, X.shape[0], chunk)]
-    return np.concatenate(out)
+def _encode_rows(module, X, keep_logits: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Packed codes of all rows of ``X``, and the pre-tanh outputs of the rows ``keep_logits``."""
+    codes, kept = [], []
+    for s in range(0, X.shape[0], chunk):
+        rows = np.arange(s, min(s + chunk, X.shape[0]))
+        logits = module.net(torch.from_numpy(X.rows(rows))).numpy()
+        codes.append(_hamming.pack(logits))
+        kept.append(logits[np.isin(rows, keep_logits)])
+    return np.concatenate(codes), np.concatenate(kept)
 
 
 def annotate(

@@ -7,7 +7,14 @@ cells in a PCA of the reference's scaled features.  A cell's distance to the
 reference is the mean distance to its ``k`` nearest bank cells inside the PCA
 subspace combined with its residual off that subspace (what the reference's main
 axes of variation cannot explain — a new type's own marker genes land there).
-The distance is calibrated on held-out reference cells.  A query
+The distance is calibrated on held-out reference cells.
+
+A second, network-side signal is the *margin*: the mean agreement between the
+pre-tanh output and the anchor it is assigned to.  Cells the network has learned
+to place sit deep on their anchor's side; cells unlike its training data tend to
+sit near the decision boundaries.  It is calibrated on the same held-out cells.
+The typicality is the smaller of the two p-values, doubled (Bonferroni), so it is
+low when either view finds the cell unusual.  A query
 cell's *typicality* is the fraction of held-out reference cells that lie at least
 as far from the bank as it does — a conformal p-value, low for cells unlike any
 reference type.  When most of a query lies farther away than the reference
@@ -30,6 +37,7 @@ class NoveltyScorer:
     center: np.ndarray  # genes
     bank: np.ndarray  # n_bank × n_comps
     calibration: np.ndarray  # sorted held-out distances
+    margin_calibration: np.ndarray | None = None  # sorted held-out margins
     k: int = 10
     min_cells_shift: int = 50
 
@@ -45,25 +53,42 @@ class NoveltyScorer:
         d, _ = NearestNeighbors(n_neighbors=k).fit(self.bank[:, :-1]).kneighbors(projected[:, :-1])
         return np.sqrt(d.mean(1) ** 2 + projected[:, -1] ** 2)
 
-    def typicality(self, coords: np.ndarray) -> tuple[np.ndarray, float]:
+    def typicality(self, coords: np.ndarray, margins: np.ndarray | None = None) -> tuple[np.ndarray, float]:
         """Conformal p-values in (0, 1] and the shift factor applied to the query's distances."""
         d = self.distances(coords)
-        shift = 1.0
-        if len(d) >= self.min_cells_shift:
-            shift = max(1.0, float(np.median(d) / np.median(self.calibration)))
+        big = len(d) >= self.min_cells_shift
+        shift = max(1.0, float(np.median(d) / np.median(self.calibration))) if big else 1.0
         n_ge = len(self.calibration) - np.searchsorted(self.calibration, d / shift, side="left")
-        return (1.0 + n_ge) / (1.0 + len(self.calibration)), shift
+        p = (1.0 + n_ge) / (1.0 + len(self.calibration))
+        if margins is not None and self.margin_calibration is not None and len(self.margin_calibration):
+            cal = self.margin_calibration
+            m_shift = min(1.0, float(np.median(margins) / np.median(cal))) if big else 1.0
+            n_le = np.searchsorted(cal, margins / max(m_shift, 1e-6), side="right")
+            p_margin = (1.0 + n_le) / (1.0 + len(cal))
+            p = np.minimum(1.0, 2.0 * np.minimum(p, p_margin))
+        return p, shift
 
     def to_tensors(self) -> dict[str, np.ndarray]:
-        return {"novelty.components": self.components, "novelty.center": self.center,
-                "novelty.bank": self.bank, "novelty.calibration": self.calibration}
+        t = {"novelty.components": self.components, "novelty.center": self.center,
+             "novelty.bank": self.bank, "novelty.calibration": self.calibration}
+        if self.margin_calibration is not None:
+            t["novelty.margin_calibration"] = self.margin_calibration
+        return t
 
     @classmethod
     def from_tensors(cls, t: dict, k: int) -> "NoveltyScorer":
-        return cls(t["novelty.components"], t["novelty.center"], t["novelty.bank"], t["novelty.calibration"], k=k)
+        return cls(t["novelty.components"], t["novelty.center"], t["novelty.bank"], t["novelty.calibration"],
+                   t.get("novelty.margin_calibration"), k=k)
+
+
+def margins(logits: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+    """Mean agreement of pre-tanh outputs with their nearest anchor."""
+    best = ((logits > 0).astype(np.float32) * 2 - 1) @ anchors.T
+    return (logits * anchors[best.argmax(1)]).mean(1)
 
 
 def fit_novelty(X, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, *, seed: int,
+                val_margins: np.ndarray | None = None,
                 n_comps: int = 30, bank_size: int = 5000, k: int = 10) -> NoveltyScorer:
     """Fit the PCA on (a sample of) the training cells, build the bank, calibrate on validation cells."""
     rng = np.random.default_rng(seed)
@@ -76,6 +101,8 @@ def fit_novelty(X, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, *,
                            np.zeros((0, n_comps + 1), np.float32), np.zeros(0, np.float32), k=k)
     scorer.bank = scorer.project(X.rows(bank_idx))
     scorer.calibration = np.sort(scorer.distances(scorer.project(X.rows(val_idx)))).astype(np.float32)
+    if val_margins is not None:
+        scorer.margin_calibration = np.sort(val_margins).astype(np.float32)
     return scorer
 
 
