@@ -20,7 +20,7 @@ if [ "$WITH_R" = 1 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq r-base-core r-cran-seurat r-cran-seuratobject r-bioc-singlecellexperiment \
-    r-cran-reticulate r-cran-testthat r-cran-matrix r-cran-ggplot2 >/dev/null
+    r-cran-reticulate r-cran-testthat r-cran-matrix r-cran-ggplot2 r-cran-knitr r-base-dev libffi-dev >/dev/null
   [ "$BENCH" = 1 ] && $SUDO apt-get install -y -qq r-bioc-singler >/dev/null
 fi
 

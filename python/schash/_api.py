@@ -219,8 +219,15 @@ def annotate(
     df = model.call(enc, method=method, k=k)
     if copy:
         adata = adata.copy()
+    write_annotation(adata, model, enc, df, method=method, k=k, layer=layer, batch_key=batch_key,
+                     neighbors=neighbors, key_added=key_added)
+    return adata if copy else None
+
+
+def write_annotation(adata, model, enc, df, *, method, k, layer, batch_key, neighbors=None, key_added="schash"):
+    """Write a finished annotation into ``adata`` (the fields listed in :func:`annotate`)."""
     for col in df.columns:
-        adata.obs[f"{key_added}_{col}"] = df[col].to_numpy() if col not in ("label", "pruned_label") else df[col].values
+        adata.obs[f"{key_added}_{col}"] = df[col].values
     adata.obsm[f"X_{key_added}"] = enc.codes
     if neighbors:
         idx, _ = _hamming.knn_indices(enc.codes, model.ref_codes, neighbors)
@@ -230,10 +237,10 @@ def annotate(
             if by == "batch":
                 adata.obs[f"{key_added}_neighbor_batch"] = pd.Categorical(comp.idxmax(axis=1))
     adata.uns[key_added] = {
-        "params": {"method": method, "k": k, "neighbors": neighbors, "layer": layer, "batch_key": batch_key, "n_bits": model.n_bits,
-                   "threshold": model.threshold, "novelty_alpha": model.params.get("novelty_alpha", 0.01)},
+        "params": {"method": method, "k": k, "neighbors": neighbors, "layer": layer, "batch_key": batch_key,
+                   "n_bits": model.n_bits, "threshold": model.threshold,
+                   "novelty_alpha": model.params.get("novelty_alpha", 0.01)},
         "n_genes_matched": enc.n_genes_matched,
         "n_genes_model": len(model.pre.genes),
         "typicality_shift": enc.shift,
     }
-    return adata if copy else None

@@ -33,8 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("annotate", help="annotate a query .h5ad with a model")
     a.add_argument("model")
     a.add_argument("query", help="query .h5ad")
-    a.add_argument("-o", "--output", required=True, help="annotated .h5ad to write")
-    a.add_argument("--csv", help="also write the per-cell table as CSV")
+    a.add_argument("-o", "--output", help="annotated .h5ad to write (the query with schash_* columns added)")
+    a.add_argument("--csv", help="write the per-cell table as CSV; with --csv alone the query is never "
+                   "loaded whole, so memory stays bounded by --chunk-size")
+    a.add_argument("--chunk-size", type=int, default=8192, help="cells read and encoded at a time")
     a.add_argument("--layer")
     a.add_argument("--batch-key", help="standardise each query batch on its own")
     a.add_argument("--method", choices=("anchor", "knn"), default="anchor")
@@ -70,20 +72,27 @@ def _train(args) -> None:
 
 
 def _annotate(args) -> None:
-    from . import annotate, load
+    from . import load
+    from ._api import write_annotation
 
+    if not args.output and not args.csv:
+        raise OSError("nothing to write: give -o OUT.h5ad and/or --csv OUT.csv")
     model = load(args.model)
-    query = _read_h5ad(args.query)
-    annotate(query, model, layer=args.layer, method=args.method, k=args.k, batch_key=args.batch_key,
-             progress=not args.no_progress)
-    query.write_h5ad(args.output)
-    cols = [c for c in query.obs.columns if c.startswith("schash_")]
+    # encode straight from the file, a chunk at a time
+    enc = model._pass(args.query, layer=args.layer, batch_key=args.batch_key, chunk_size=args.chunk_size,
+                      progress=not args.no_progress)
+    df = model.call(enc, method=args.method, k=args.k)
     if args.csv:
-        query.obs[cols].to_csv(args.csv)
-    counts = query.obs["schash_pruned_label"].value_counts()
-    print(f"annotated {query.n_obs} cells ({query.uns['schash']['n_genes_matched']} of "
-          f"{query.uns['schash']['n_genes_model']} model genes found); written to {args.output}")
-    print(counts.to_string())
+        df.add_prefix("schash_").to_csv(args.csv)
+    if args.output:
+        query = _read_h5ad(args.query)
+        write_annotation(query, model, enc, df, method=args.method, k=args.k, layer=args.layer,
+                         batch_key=args.batch_key)
+        query.write_h5ad(args.output)
+    written = " and ".join(p for p in (args.output, args.csv) if p)
+    print(f"annotated {len(df)} cells ({enc.n_genes_matched} of {len(model.genes)} model genes found); "
+          f"written to {written}")
+    print(df["pruned_label"].value_counts().to_string())
 
 
 def _info(args) -> None:

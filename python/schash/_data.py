@@ -152,7 +152,8 @@ def log_normalise(X, kind: str, target_sum: float = 1e4):
     return np.log1p(X * scale[:, None].astype(np.float32))
 
 
-def align_genes(X, genes: pd.Index, target: pd.Index, *, min_overlap: float = 0.3, what: str = "query"):
+def align_genes(X, genes: pd.Index, target: pd.Index, *, min_overlap: float = 0.3, what: str = "query",
+                report: bool = True):
     """Reorder the columns of ``X`` to ``target``; missing genes become zero columns.
 
     Reports how many genes matched; raises :class:`GeneOverlapError` below ``min_overlap``.
@@ -167,7 +168,7 @@ def align_genes(X, genes: pd.Index, target: pd.Index, *, min_overlap: float = 0.
             f"(needed: {min_overlap:.0%}); e.g. missing: {list(target[~present][:5])}. Check that the "
             "query uses the same gene identifiers as the reference (symbols vs Ensembl IDs) and is cells × genes"
         )
-    if n_match < len(target):
+    if n_match < len(target) and report:
         msg = (
             f"{n_match} of {len(target)} model genes found in the {what}; "
             f"{len(target) - n_match} missing genes (e.g. {list(target[~present][:5])}) are set to zero"
@@ -185,21 +186,34 @@ def align_genes(X, genes: pd.Index, target: pd.Index, *, min_overlap: float = 0.
     return out, n_match
 
 
+def column_sums(X, groups: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group column sums and sums of squares (float64, ``n_groups`` × genes)."""
+    onehot = sparse.csr_matrix(
+        (np.ones(len(groups), dtype=np.float64), (groups, np.arange(len(groups)))), shape=(n_groups, len(groups))
+    )
+
+    def dense(m):
+        return m.toarray() if sparse.issparse(m) else np.asarray(m)
+
+    if sparse.issparse(X):
+        X = sparse.csr_matrix(X)
+        return dense(onehot @ X), dense(onehot @ X.multiply(X))
+    Xd = np.asarray(X, dtype=np.float64)
+    return dense(onehot @ Xd), dense(onehot @ (Xd * Xd))
+
+
+def stats_from_sums(s1: np.ndarray, s2: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation (float32) from column sums over groups of ``sizes`` cells."""
+    n = np.maximum(np.asarray(sizes, dtype=np.float64).reshape(-1, 1), 1)
+    mean = s1 / n
+    var = np.maximum(s2 / n - mean**2, 0)
+    return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
+
+
 def column_stats(X, groups: np.ndarray | None = None, n_groups: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Per-group column mean and standard deviation (``n_groups`` × genes, float32)."""
     if groups is None:
         groups = np.zeros(X.shape[0], dtype=np.int64)
         n_groups = 1
-    onehot = sparse.csr_matrix(
-        (np.ones(len(groups), dtype=np.float64), (groups, np.arange(len(groups)))), shape=(n_groups, len(groups))
-    )
-    n = np.asarray(onehot.sum(1)).reshape(-1, 1)
-    Xs = X if sparse.issparse(X) else np.asarray(X, dtype=np.float64)
-    def dense(m):
-        return m.toarray() if sparse.issparse(m) else np.asarray(m)
-
-    s1 = dense(onehot @ Xs)
-    s2 = dense(onehot @ (X.multiply(X) if sparse.issparse(X) else Xs * Xs))
-    mean = s1 / np.maximum(n, 1)
-    var = np.maximum(s2 / np.maximum(n, 1) - mean**2, 0)
-    return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
+    s1, s2 = column_sums(X, groups, n_groups)
+    return stats_from_sums(s1, s2, np.bincount(groups, minlength=n_groups))

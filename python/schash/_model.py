@@ -21,21 +21,10 @@ from ._errors import InputError, LabelKeyError
 from ._module import HashMLP
 from ._novelty import NoveltyScorer, margins
 from ._preprocess import Preprocessor, ScaledMatrix
+from ._stream import Encoded
 
 UNASSIGNED = "Unassigned"
 METHODS = ("anchor", "knn")
-
-
-@dataclass
-class Encoded:
-    """What one pass over a query yields: packed codes, typicality and bookkeeping."""
-
-    cells: pd.Index
-    codes: np.ndarray
-    typicality: np.ndarray
-    empty: np.ndarray
-    n_genes_matched: int
-    shift: float
 
 
 @dataclass
@@ -96,21 +85,10 @@ class SchashModel:
 
     def _pass(self, data, *, genes=None, layer=None, batch_key=None, chunk_size=8192,
               min_gene_overlap=0.3, progress=False) -> Encoded:
-        expr, X, n_matched, empty = self._prepare(data, genes=genes, layer=layer, batch_key=batch_key,
-                                                  min_gene_overlap=min_gene_overlap)
-        codes, coords, margin = [], [], []
-        from tqdm.auto import tqdm
+        from ._stream import encode_pass
 
-        starts = range(0, X.shape[0], chunk_size)
-        with torch.no_grad():
-            for s in tqdm(starts, desc="schash encode", disable=not progress, unit="chunk"):
-                rows = X.rows(np.arange(s, min(s + chunk_size, X.shape[0])))
-                logits = self.module.net(torch.from_numpy(rows)).numpy()  # sign(tanh(x)) == sign(x)
-                codes.append(_hamming.pack(logits))
-                coords.append(self.novelty.project(rows))
-                margin.append(margins(logits, self.anchors))
-        typ, shift = self.novelty.typicality(np.concatenate(coords), np.concatenate(margin))
-        return Encoded(expr.cells, np.concatenate(codes), typ, empty, n_matched, shift)
+        return encode_pass(self, data, genes=genes, layer=layer, batch_key=batch_key, chunk_size=chunk_size,
+                           min_gene_overlap=min_gene_overlap, progress=progress)
 
     def encode(self, data, *, genes=None, layer=None, batch_key=None, chunk_size: int = 8192,
                progress: bool = False) -> np.ndarray:

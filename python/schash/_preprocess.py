@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from ._data import Expr, align_genes, column_stats, detect_kind, log_normalise
+from ._data import Expr, align_genes, column_stats, column_sums, detect_kind, log_normalise, stats_from_sums
 from ._errors import InputError
 from ._logging import logger
 
@@ -87,11 +87,12 @@ class Preprocessor:
     input_kind: str = "log"
     extra: dict = field(default_factory=dict)
 
-    def features(self, expr: Expr, *, kind: str | None = None, min_overlap: float = 0.3, what: str = "query"):
+    def features(self, expr: Expr, *, kind: str | None = None, min_overlap: float = 0.3, what: str = "query",
+                 report: bool = True):
         """Normalise, align to the model's genes and transform: returns (features, present-gene mask, kind)."""
         kind = kind or detect_kind(expr.X)
         X = log_normalise(expr.X, kind, self.target_sum)
-        F, _ = align_genes(X, expr.genes, self.genes, min_overlap=min_overlap, what=what)
+        F, _ = align_genes(X, expr.genes, self.genes, min_overlap=min_overlap, what=what, report=report)
         present = self.genes.isin(expr.genes)
         if self.transform == "rank":
             F = rank_transform(F)
@@ -103,8 +104,14 @@ class Preprocessor:
         if groups is None:
             groups = np.zeros(n, dtype=np.int64)
         n_groups = int(groups.max()) + 1 if n else 1
-        mean, std = column_stats(F, groups, n_groups)
-        sizes = np.bincount(groups, minlength=n_groups)
+        s1, s2 = column_sums(F, groups, n_groups)
+        mean, std = self.stats_from_sums(s1, s2, np.bincount(groups, minlength=n_groups))
+        return groups, mean, std
+
+    def stats_from_sums(self, s1: np.ndarray, s2: np.ndarray, sizes: np.ndarray):
+        """Per-group mean and floored SD from column sums; small groups fall back to the reference's."""
+        mean, std = stats_from_sums(s1, s2, sizes)
+        n_groups = len(sizes)
         for g in range(n_groups):
             if self.scale == "reference" or sizes[g] < self.min_cells_own_scaling:
                 if self.scale == "batch" and sizes[g]:
@@ -113,7 +120,7 @@ class Preprocessor:
                         sizes[g], self.min_cells_own_scaling,
                     )
                 mean[g], std[g] = self.ref_mean, self.ref_std
-        return groups, mean, np.maximum(std, self.std_floor)
+        return mean, np.maximum(std, self.std_floor)
 
     def to_meta(self) -> dict:
         return {

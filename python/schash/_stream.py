@@ -1,0 +1,122 @@
+"""Chunked passes over a query, from memory or straight from an ``.h5ad`` file.
+
+Every encoding goes through :func:`encode_pass`: cells are read, normalised, aligned
+and transformed a chunk at a time; a first pass gathers the query's per-gene
+statistics (for ``scale="batch"``), a second scales each chunk, runs the network
+and keeps only the packed codes and a few numbers per cell.  A path to an ``.h5ad``
+is opened in anndata's backed mode, so peak memory is bounded by the chunk, not the
+file.  In-memory input is cut into the same chunks, so both give identical codes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import sparse
+
+from . import _hamming
+from ._data import Expr, _as_matrix, check_finite_nonnegative, detect_kind, extract
+from ._errors import InputError, LabelKeyError
+from ._novelty import margins
+from ._preprocess import ScaledMatrix
+
+CACHE_LIMIT_BYTES = 1 << 30  # keep first-pass features in memory below this, else recompute
+
+
+@dataclass
+class Encoded:
+    """What one pass over a query yields: packed codes, typicality and bookkeeping."""
+
+    cells: pd.Index
+    codes: np.ndarray
+    typicality: np.ndarray
+    empty: np.ndarray
+    n_genes_matched: int
+    shift: float
+
+
+class Source:
+    """Rows of a query, a chunk at a time: AnnData, matrix, or an ``.h5ad`` path (read backed)."""
+
+    def __init__(self, data, genes=None, layer=None):
+        self.adata = None
+        if isinstance(data, (str, os.PathLike)):
+            import anndata as ad
+
+            if not os.path.isfile(data):
+                raise FileNotFoundError(f"no such file: {data}")
+            self.adata = ad.read_h5ad(data, backed="r")
+            if layer is not None and layer not in self.adata.layers:
+                raise InputError(f"layer {layer!r} is not in {data}; its layers are {list(self.adata.layers.keys())}")
+            self.matrix = self.adata.X if layer is None else self.adata.layers[layer]
+            probe = extract(_as_matrix(self.matrix[: min(2, self.adata.n_obs)]), list(self.adata.var_names),
+                            check_values=False)
+            self.genes, self.cells, self.obs = probe.genes, pd.Index(self.adata.obs_names), self.adata.obs
+        else:
+            expr = extract(data, genes, layer=layer)
+            self.matrix, self.genes, self.cells, self.obs = expr.X, expr.genes, expr.cells, expr.obs
+        self.n = len(self.cells)
+
+    def chunk(self, start: int, stop: int) -> Expr:
+        X = self.matrix[start:stop]
+        if self.adata is not None:
+            X = _as_matrix(X)
+            check_finite_nonnegative(X)
+        return Expr(X=X, genes=self.genes, cells=self.cells[start:stop])
+
+    def groups(self, batch_key):
+        if batch_key is None:
+            return np.zeros(self.n, dtype=np.int64), 1
+        if self.obs is None:
+            raise InputError("batch_key= needs AnnData input (a plain matrix has no obs)")
+        if batch_key not in self.obs:
+            raise LabelKeyError(f"batch_key {batch_key!r} is not a column of obs; columns: {list(self.obs.columns)}")
+        codes, cats = pd.factorize(self.obs[batch_key].astype(str))
+        return codes.astype(np.int64), len(cats)
+
+
+def _bounds(n, chunk_size):
+    return [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+
+
+def encode_pass(model, data, *, genes=None, layer=None, batch_key=None, chunk_size=8192,
+                min_gene_overlap=0.3, progress=False) -> Encoded:
+    from tqdm.auto import tqdm
+
+    src = Source(data, genes, layer)
+    pre = model.pre
+    bounds = _bounds(src.n, chunk_size)
+    kind = detect_kind(src.chunk(*bounds[0]).X)
+    groups, n_groups = src.groups(batch_key)
+    G = len(pre.genes)
+    s1, s2 = np.zeros((n_groups, G)), np.zeros((n_groups, G))
+    nnz = np.zeros(src.n, dtype=np.int64)
+    cache, cached_bytes, present, n_matched = [], 0, None, 0
+    for i, (a, b) in enumerate(tqdm(bounds, desc="schash read", disable=not progress, unit="chunk")):
+        F, present, _ = pre.features(src.chunk(a, b), kind=kind, min_overlap=min_gene_overlap,
+                                     what="query", report=i == 0)
+        F = sparse.csr_matrix(F)
+        onehot = sparse.csr_matrix((np.ones(b - a), (groups[a:b], np.arange(b - a))), shape=(n_groups, b - a))
+        s1 += (onehot @ F).toarray()
+        s2 += (onehot @ F.multiply(F)).toarray()
+        nnz[a:b] = np.diff(F.indptr)
+        cached_bytes += F.data.nbytes + F.indices.nbytes
+        cache.append(F if cached_bytes <= CACHE_LIMIT_BYTES else None)
+    n_matched = int(present.sum())
+    mean, std = pre.stats_from_sums(s1, s2, np.bincount(groups, minlength=n_groups))
+    codes, coords, margin = [], [], []
+    with torch.no_grad():
+        for (a, b), F in zip(tqdm(bounds, desc="schash encode", disable=not progress, unit="chunk"), cache):
+            if F is None:
+                F = sparse.csr_matrix(pre.features(src.chunk(a, b), kind=kind, min_overlap=0, report=False)[0])
+            rows = ScaledMatrix(F, groups[a:b], mean, std, present, pre.clip).rows(np.arange(b - a))
+            logits = model.module.net(torch.from_numpy(rows)).numpy()  # sign(tanh(x)) == sign(x)
+            codes.append(_hamming.pack(logits))
+            coords.append(model.novelty.project(rows))
+            margin.append(margins(logits, model.anchors))
+    typ, shift = model.novelty.typicality(np.concatenate(coords), np.concatenate(margin))
+    return Encoded(src.cells, np.concatenate(codes), typ, nnz == 0, n_matched, shift)
