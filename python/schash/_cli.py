@@ -116,6 +116,7 @@ def main(argv=None) -> int:
     import warnings
 
     args = _parser().parse_args(argv)
+    before = warnings.formatwarning
     warnings.formatwarning = lambda message, category, *a, **k: f"schash: warning: {message}\n"
     from ._errors import SchashError
 
@@ -125,6 +126,8 @@ def main(argv=None) -> int:
         msg = str(err) if not isinstance(err, KeyboardInterrupt) else "interrupted"
         print(f"schash: error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = before
     return 0
 
 
