@@ -63,3 +63,19 @@ def test_plain_sparse_matrix_with_labels(synth):
     assert len(m.genes) == 100
     df = m.predict(synth.X, genes=list(synth.var_names))
     assert (df["label"].astype(str).to_numpy() == synth.obs["cell_type"].astype(str).to_numpy()).mean() > 0.9
+
+
+def test_training_from_file_with_subsampling_keeps_every_cell_in_the_database(synth, tmp_path):
+    path = tmp_path / "ref.h5ad"
+    synth.write_h5ad(path)
+    m = schash.train(str(path), cell_type_key="cell_type", batch_key="batch", max_cells_per_type=60,
+                     max_epochs=5, progress=False)
+    assert m.params["n_training_cells"] == 4 * 60
+    assert len(m.ref_labels) == synth.n_obs and m.ref_codes.shape == (synth.n_obs, 8)
+    np.testing.assert_array_equal(m.reference_obs()["cell_type"].astype(str), synth.obs["cell_type"].astype(str))
+    df = m.predict(synth)
+    assert (df["label"].astype(str).to_numpy() == synth.obs["cell_type"].astype(str).to_numpy()).mean() > 0.9
+    # the same subsample in memory gives the same model
+    m2 = schash.train(synth, cell_type_key="cell_type", batch_key="batch", max_cells_per_type=60,
+                      max_epochs=5, progress=False)
+    np.testing.assert_array_equal(m2.ref_codes, m.ref_codes)

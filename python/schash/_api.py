@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 
 from . import _hamming
 from ._anchors import make_anchors
-from ._data import _is_anndata, extract
+from ._data import Expr, _is_anndata, extract
 from ._errors import InputError, LabelKeyError
 from ._logging import logger
 from ._model import SchashModel
@@ -58,6 +59,7 @@ def train(
     transform: str = "log",
     scale: str = "batch",
     min_cells_per_type: int = 10,
+    max_cells_per_type: int | None = None,
     hidden: tuple[int, ...] = (512, 256),
     dropout: float = 0.2,
     lr: float = 1e-3,
@@ -75,8 +77,9 @@ def train(
     Parameters
     ----------
     data
-        AnnData (``X`` or ``layer=``), a cells × genes DataFrame, or a cells × genes
-        array / sparse matrix with ``genes=``.  Raw counts or log-normalised values
+        AnnData (``X`` or ``layer=``), a cells × genes DataFrame, a cells × genes
+        array / sparse matrix with ``genes=``, or the path of an ``.h5ad`` file, which is
+        read backed: only the training cells are loaded, and the database is encoded in chunks.  Raw counts or log-normalised values
         (detected); counts are library-size normalised and log1p-transformed.
     labels, cell_type_key
         The cell types: a vector, or the name of an ``obs`` column.
@@ -92,6 +95,9 @@ def train(
         see :mod:`schash._preprocess`.
     min_cells_per_type
         Types with fewer reference cells are dropped with a warning.
+    max_cells_per_type
+        Train on at most this many cells of each type (a random subsample); the reference
+        database still holds the codes of every cell.  For atlases of millions of cells.
     prune_quantile
         Held-out reference cells' anchor distances at this quantile set the distance
         beyond which a call is ``Unassigned``.
@@ -107,15 +113,18 @@ def train(
     -------
     A :class:`SchashModel`; ``model.history`` holds the per-epoch losses and validation scores.
     """
-    expr = extract(data, genes, layer=layer)
-    y_str = _column(expr, labels, cell_type_key, "cell type")
-    if y_str is None:
+    path = data if isinstance(data, (str, os.PathLike)) else None
+    meta = _reference_meta(path) if path is not None else extract(data, genes, layer=layer)
+    y_all = _column(meta, labels, cell_type_key, "cell type")
+    if y_all is None:
         raise InputError("no cell types given: pass labels= (a vector) or cell_type_key= (an obs column)")
-    b_str = _column(expr, batches, batch_key, "batch")
+    b_all = _column(meta, batches, batch_key, "batch")
+    idx = _training_cells(y_all, max_cells_per_type, seed)
+    expr = _load_rows(path, layer, idx) if path is not None else _take(meta, idx)
+    y_str, b_str = y_all[idx], (b_all[idx] if b_all is not None else None)
     keep = _usable_cells(expr, y_str, min_cells_per_type)
     if not keep.all():
-        expr.X, expr.cells = expr.X[keep], expr.cells[keep]
-        y_str = y_str[keep]
+        expr, y_str = _take(expr, np.flatnonzero(keep)), y_str[keep]
         b_str = b_str[keep] if b_str is not None else None
     types = sorted(set(y_str))
     y = pd.Categorical(y_str, categories=types).codes.astype(np.int64)
@@ -129,19 +138,80 @@ def train(
     threshold = int(np.clip(np.ceil(np.quantile(val_dist, prune_quantile)), n_bits // 8, n_bits // 4 - 1))
     train_idx = np.setdiff1d(np.arange(len(y)), val_idx)
     novelty = fit_novelty(X, y, train_idx, val_idx, seed=seed, val_margins=margins(logits_val, anchors))
-    batch_codes, batch_cats = (None, None)
-    if b_str is not None:
-        bc = pd.Categorical(b_str)
-        batch_codes, batch_cats = bc.codes.astype(np.int64), [str(c) for c in bc.categories]
+    db_labels, db_batches = y_str, b_str
     params = dict(n_bits=n_bits, n_top_genes=n_top_genes, transform=transform, scale=scale, seed=seed,
                   min_cells_per_type=min_cells_per_type, hidden=list(hidden), dropout=dropout, lr=lr,
                   prune_quantile=prune_quantile, novelty_alpha=novelty_alpha, cell_type_key=cell_type_key,
-                  batch_key=batch_key, layer=layer, n_reference_cells=int(len(y)))
+                  batch_key=batch_key, layer=layer, n_training_cells=int(len(y)),
+                  max_cells_per_type=max_cells_per_type)
     logger.info("trained: %d types, %d genes, validation macro F1 %.3f", len(types), len(pre.genes),
                 history["best_val_macro_f1"])
-    return SchashModel(module=module, pre=pre, cell_types=types, anchors=anchors, threshold=threshold,
-                       novelty=novelty, ref_codes=codes, ref_labels=y, params=params, history=history,
-                       ref_batches=batch_codes, batch_categories=batch_cats)
+    model = SchashModel(module=module, pre=pre, cell_types=types, anchors=anchors, threshold=threshold,
+                        novelty=novelty, ref_codes=codes, ref_labels=y, params=params, history=history)
+    if len(idx) < len(y_all):  # trained on a subsample: the database still holds every reference cell
+        codes, db_labels, db_batches = _encode_database(model, path if path is not None else meta,
+                                                        y_all, b_all, layer, progress)
+    model.ref_labels = pd.Categorical(db_labels, categories=types).codes.astype(np.int64)
+    model.ref_codes = codes
+    if db_batches is not None:
+        bc = pd.Categorical(db_batches)
+        model.ref_batches, model.batch_categories = bc.codes.astype(np.int64), [str(c) for c in bc.categories]
+    model.params["n_reference_cells"] = int(len(model.ref_labels))
+    return model
+
+
+def _reference_meta(path) -> Expr:
+    """Names and obs of an .h5ad reference, without reading its matrix."""
+    import anndata as ad
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    backed = ad.read_h5ad(path, backed="r")
+    meta = Expr(X=None, genes=pd.Index(backed.var_names), cells=pd.Index(backed.obs_names), obs=backed.obs.copy())
+    backed.file.close()
+    return meta
+
+
+def _training_cells(y_all: np.ndarray, max_per_type: int | None, seed: int) -> np.ndarray:
+    """Indices of the cells to train on: all, or at most ``max_per_type`` of each type (sorted)."""
+    if not max_per_type:
+        return np.arange(len(y_all))
+    rng = np.random.default_rng(seed)
+    keep = []
+    for t in np.unique(y_all):
+        members = np.flatnonzero(y_all == t)
+        keep.append(members if len(members) <= max_per_type else rng.choice(members, max_per_type, replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def _take(expr: Expr, idx: np.ndarray) -> Expr:
+    if len(idx) == len(expr.cells):
+        return expr
+    obs = expr.obs.iloc[idx] if expr.obs is not None else None
+    return Expr(X=expr.X[idx], genes=expr.genes, cells=expr.cells[idx], obs=obs)
+
+
+def _load_rows(path, layer, idx: np.ndarray) -> Expr:
+    """Read only the rows ``idx`` of an .h5ad (backed), checked like any input."""
+    import anndata as ad
+
+    backed = ad.read_h5ad(path, backed="r")
+    sub = backed[idx].to_memory()
+    backed.file.close()
+    return extract(sub, layer=layer)
+
+
+def _encode_database(model, source, y_all, b_all, layer, progress):
+    """Codes of every reference cell of a known type, streamed in chunks (``source``: path or Expr)."""
+    from ._stream import encode_pass
+
+    groups = pd.factorize(pd.Series(b_all))[0].astype(np.int64) if b_all is not None else None
+    data = source if not isinstance(source, Expr) else source.X
+    genes = None if not isinstance(source, Expr) else list(source.genes)
+    enc = encode_pass(model, data, genes=genes, layer=layer if not isinstance(source, Expr) else None,
+                      groups=groups, progress=progress)
+    ok = np.isin(y_all, model.cell_types) & ~enc.empty
+    return enc.codes[ok], y_all[ok], (b_all[ok] if b_all is not None else None)
 
 
 def _usable_cells(expr, y_str, min_cells):

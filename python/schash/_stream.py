@@ -83,7 +83,7 @@ def _bounds(n, chunk_size):
     return [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
 
 
-def encode_pass(model, data, *, genes=None, layer=None, batch_key=None, chunk_size=8192,
+def encode_pass(model, data, *, genes=None, layer=None, batch_key=None, groups=None, chunk_size=8192,
                 min_gene_overlap=0.3, progress=False) -> Encoded:
     from tqdm.auto import tqdm
 
@@ -91,7 +91,10 @@ def encode_pass(model, data, *, genes=None, layer=None, batch_key=None, chunk_si
     pre = model.pre
     bounds = _bounds(src.n, chunk_size)
     kind = detect_kind(src.chunk(*bounds[0]).X)
-    groups, n_groups = src.groups(batch_key)
+    if groups is None:
+        groups, n_groups = src.groups(batch_key)
+    else:
+        n_groups = int(groups.max()) + 1
     G = len(pre.genes)
     s1, s2 = np.zeros((n_groups, G)), np.zeros((n_groups, G))
     nnz = np.zeros(src.n, dtype=np.int64)
