@@ -43,6 +43,7 @@ import argparse
 import contextlib
 import datetime
 import io
+import json
 import logging
 import os
 import platform
@@ -387,6 +388,18 @@ def novelty_tasks(ds, adata, peer, ref_idx, q_idx, methods, warn_log, n_left_out
                 row["schash_unassigned_known"] = float(un[novel == 0].mean())
             except Exception as e:  # noqa: BLE001
                 row["schash_error"] = f"error: {type(e).__name__}: {str(e)[:150]}"
+        if "schash-variants" in methods:  # scale="reference": the query is not standardised on its own
+            try:
+                res, w = run_schash(ref, qry, "log", "reference", with_batch)
+                warn_log.update(w)
+                pa = res["schash-log-ref"][0]
+                row["schash-log-ref_confidence"] = auroc(novel, -pa["confidence"].to_numpy())
+                row["schash-log-ref_typicality"] = auroc(novel, -pa["typicality"].to_numpy())
+                un = pa["pruned_label"].astype(str).to_numpy() == "Unassigned"
+                row["schash-log-ref_unassigned_left_out"] = float(un[novel == 1].mean())
+                row["schash-log-ref_unassigned_known"] = float(un[novel == 0].mean())
+            except Exception as e:  # noqa: BLE001
+                row["schash-log-ref_error"] = f"error: {type(e).__name__}: {str(e)[:150]}"
         if "celltypist" in methods:
             try:
                 _, maxprob, *_ = run_celltypist(ref, qry)
@@ -491,6 +504,7 @@ def write_report(out: Path, rows: pd.DataFrame, nov: pd.DataFrame, meta: dict, w
         best_peer = max(peers, key=peers.get) if peers else None
         svals = {m: v for m, v in f1.items() if m in sch and not np.isnan(v)}
         best_s = max(svals, key=svals.get) if svals else None
+        tied = [m for m in svals if svals[m] >= svals[best_s] - 1e-9] if svals else []
         bp = peers.get(best_peer, np.nan)
         peer_rows.append({
             "dataset": ds, "schash": fmt(f1.get("schash", np.nan)), "schash-knn": fmt(f1.get("schash-knn", np.nan)),
@@ -499,15 +513,16 @@ def write_report(out: Path, rows: pd.DataFrame, nov: pd.DataFrame, meta: dict, w
             "schash-knn / best peer": fmt(f1.get("schash-knn", np.nan) / bp if bp else np.nan),
             "best schash variant": f"{best_s} {fmt(svals.get(best_s, np.nan))}" if best_s else "",
             "best variant / best peer": fmt(svals[best_s] / bp if best_s and bp else np.nan)})
-        var_rows.append({"dataset": ds, **{m: fmt(f1.get(m, np.nan)) for m in sch}, "best": best_s or ""})
+        var_rows.append({"dataset": ds, **{m: fmt(f1.get(m, np.nan)) for m in sch},
+                         "best": "all tied" if len(tied) == len(svals) else ", ".join(tied), "_tied": tied})
     lines += ["## 2. schash against the best peer (macro F1 ratio)\n",
               "Peers: " + ", ".join(PEERS) + ".\n", md_table(pd.DataFrame(peer_rows)), ""]
     if var_rows and len(sch) > 2:
         vt = pd.DataFrame(var_rows)
-        wins = Counter(vt["best"])
+        wins = Counter(m for tied in vt.pop("_tied") for m in tied)
         mean_f1 = agg[agg["method"].isin(sch)].groupby("method")["macro_f1"].mean()
         lines += ["### schash variants (macro F1; transform × scale, anchor vs knn)\n", md_table(vt), "",
-                  "Best-variant count: " + ", ".join(f"{k} {v}" for k, v in wins.most_common()) + ".  "
+                  "Datasets where a variant is best or tied for best: " + ", ".join(f"{k} {v}" for k, v in wins.most_common()) + ".  "
                   "Mean macro F1 over datasets: " + ", ".join(f"{k} {v:.3f}" for k, v in
                                                               mean_f1.sort_values(ascending=False).items()) + ".", ""]
 
@@ -515,7 +530,9 @@ def write_report(out: Path, rows: pd.DataFrame, nov: pd.DataFrame, meta: dict, w
     if len(nov):
         cols = [c for c in ("dataset", "left_out", "n_left_out", "n_known", "schash_confidence", "schash-knn_confidence",
                             "schash_typicality", "schash_distance", "celltypist_maxprob", "knn-pca_maxfrac",
-                            "schash_unassigned_left_out", "schash_unassigned_known") if c in nov]
+                            "schash_unassigned_left_out", "schash_unassigned_known", "schash-log-ref_confidence",
+                            "schash-log-ref_typicality", "schash-log-ref_unassigned_left_out",
+                            "schash-log-ref_unassigned_known") if c in nov]
         nt = nov[cols].copy()
         for c in cols[4:]:
             nt[c] = [fmt(v) for v in nt[c]]
@@ -526,8 +543,9 @@ def write_report(out: Path, rows: pd.DataFrame, nov: pd.DataFrame, meta: dict, w
                   "First fold of each dataset; each of the two largest reference types is removed from the "
                   "reference in turn; query cells of other types missing from the reference are left out. "
                   "AUROC of: schash `confidence` (anchor / knn), `typicality`, anchor `distance` (high = novel); "
-                  "CellTypist max probability; kNN-PCA max class fraction. The last two columns: fraction of "
-                  "left-out / known-type query cells schash's `pruned_label` marks Unassigned.\n",
+                  "CellTypist max probability; kNN-PCA max class fraction. `*_unassigned_*`: fraction of "
+                  "left-out / known-type query cells schash's `pruned_label` marks Unassigned. `schash-log-ref_*`: the "
+                  "same with `scale=\"reference\"` (the query standardised with the reference's statistics).\n",
                   md_table(nt), ""]
         means = {c: np.nanmean(nov[c].to_numpy(dtype=float)) for c in cols[4:]}
         lines += ["Means: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()), ""]
@@ -550,7 +568,18 @@ def main(argv=None):
     ap.add_argument("--methods", nargs="+", default=ALL_METHODS, choices=ALL_METHODS)
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK_DATASETS)} (smoke test)")
     ap.add_argument("--no-novelty", action="store_true", help="skip the unknown-type detection tasks")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rebuild OUT/accuracy.md from OUT/accuracy.csv, novelty.csv and accuracy_meta.json")
     args = ap.parse_args(argv)
+    if args.report_only:
+        meta = json.loads((args.out / "accuracy_meta.json").read_text())
+        nov_path = args.out / "novelty.csv"
+        nov = pd.read_csv(nov_path) if nov_path.exists() and nov_path.stat().st_size > 1 else pd.DataFrame()
+        rows = pd.read_csv(args.out / "accuracy.csv", keep_default_na=False, na_values=[""])
+        rows["error"] = rows["error"].fillna("")
+        rows["dropped_types"] = rows["dropped_types"].fillna("")
+        print(write_report(args.out, rows, nov, meta, Counter(meta.pop("warnings", {})), meta.pop("notes", [])))
+        return
     if not args.data_dir.is_dir():
         sys.exit(f"data directory {args.data_dir} not found: pass the folder with the benchmark .h5ad files")
     import anndata as ad
@@ -592,6 +621,7 @@ def main(argv=None):
                 command="python bench/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv),
                 machine=f"{platform.platform()}, {os.cpu_count()} CPUs (nproc), Python {platform.python_version()}",
                 wall_s=time.perf_counter() - t_start, versions=versions())
+    (args.out / "accuracy_meta.json").write_text(json.dumps(dict(meta, notes=notes, warnings=dict(warn_log)), indent=1))
     print(write_report(args.out, rows_df, nov_df, meta, warn_log, notes))
 
 
