@@ -16,7 +16,7 @@ from ._errors import InputError, LabelKeyError
 from ._logging import logger
 from ._model import SchashModel
 from ._novelty import fit_novelty, margins
-from ._preprocess import fit_preprocessor
+from ._preprocess import ScaledMatrix, SparseScaled, fit_preprocessor
 from ._train import TrainConfig, train_network
 
 
@@ -137,7 +137,9 @@ def train(
     _, val_dist, _ = _hamming.nearest_anchor(codes[val_idx], _hamming.pack(anchors))
     threshold = int(np.clip(np.ceil(np.quantile(val_dist, prune_quantile)), n_bits // 8, n_bits // 4 - 1))
     train_idx = np.setdiff1d(np.arange(len(y)), val_idx)
-    novelty = fit_novelty(X, y, train_idx, val_idx, seed=seed, val_margins=margins(logits_val, anchors))
+    X_ref = ScaledMatrix(X.F, np.zeros(len(y), dtype=np.int64), pre.ref_mean[None], pre.ref_std[None],
+                         np.ones(len(pre.genes), dtype=bool), pre.clip)  # typicality uses reference scaling
+    novelty = fit_novelty(X_ref, y, train_idx, val_idx, seed=seed, val_margins=margins(logits_val, anchors))
     db_labels, db_batches = y_str, b_str
     params = dict(n_bits=n_bits, n_top_genes=n_top_genes, transform=transform, scale=scale, seed=seed,
                   min_cells_per_type=min_cells_per_type, hidden=list(hidden), dropout=dropout, lr=lr,
@@ -241,13 +243,17 @@ def _usable_cells(expr, y_str, min_cells):
     return keep
 
 
-@torch.no_grad()
 def _encode_rows(module, X, keep_logits: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-    """Packed codes of all rows of ``X``, and the pre-tanh outputs of the rows ``keep_logits``."""
+    """Packed codes of all rows of ``X``, and the pre-tanh outputs of the rows ``keep_logits``.
+
+    Uses the same sparse first layer as query encoding, so a reference cell encoded again
+    as a query gets exactly its database code.
+    """
     codes, kept = [], []
     for s in range(0, X.shape[0], chunk):
         rows = np.arange(s, min(s + chunk, X.shape[0]))
-        logits = module.net(torch.from_numpy(X.rows(rows))).numpy()
+        block = SparseScaled(X.F[s : s + chunk], X.groups[rows], X.mean, X.std, X.present, X.clip)
+        logits = module.logits_sparse(block)
         codes.append(_hamming.pack(logits))
         kept.append(logits[np.isin(rows, keep_logits)])
     return np.concatenate(codes), np.concatenate(kept)

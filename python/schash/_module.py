@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,3 +23,13 @@ class HashMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.net(x))
+
+    @torch.no_grad()
+    def logits_sparse(self, block) -> np.ndarray:
+        """Pre-tanh outputs for a :class:`~schash._preprocess.SparseScaled` block (inference only).
+
+        The first layer is applied to the sparse data directly, the rest as usual.
+        """
+        first = self.net[0]
+        h = block.linear(first.weight.numpy(), first.bias.numpy())
+        return self.net[1:](torch.from_numpy(h)).numpy()

@@ -18,8 +18,12 @@ low when either view finds the cell unusual.  A query
 cell's *typicality* is the fraction of held-out reference cells that lie at least
 as far from the bank as it does — a conformal p-value, low for cells unlike any
 reference type.  When most of a query lies farther away than the reference
-(a batch or technology shift), distances are first divided by the ratio of the
-medians, so the shift itself does not make every cell atypical.
+(a batch or technology shift), distances are first divided by the ratio of their
+lower quartiles, so the shift itself does not make every cell atypical; the lower
+quartile, not the median, so that a new type making up to three quarters of the
+query does not hide itself.  Features here are always standardised with the
+reference's statistics (also under ``scale="batch"``): a query standardised on its
+own would absorb a large new population into its means.
 """
 
 from __future__ import annotations
@@ -41,11 +45,20 @@ class NoveltyScorer:
     k: int = 10
     min_cells_shift: int = 50
 
-    def project(self, rows: np.ndarray) -> np.ndarray:
-        """PCA coordinates plus, as the last column, the norm of the residual off the PCA subspace."""
-        centred = rows - self.center
-        coords = centred @ self.components.T
-        resid = np.linalg.norm(centred - coords @ self.components, axis=1)
+    def project(self, rows) -> np.ndarray:
+        """PCA coordinates plus, as the last column, the norm of the residual off the PCA subspace.
+
+        ``rows`` is a dense array of standardised rows or a :class:`SparseScaled` block.
+        The residual is ``sqrt(||z - center||^2 - ||coords||^2)`` (the components are orthonormal).
+        """
+        if isinstance(rows, np.ndarray):
+            centred = rows - self.center
+            coords = centred @ self.components.T
+            total = np.einsum("ij,ij->i", centred, centred)
+        else:
+            coords = rows.linear(self.components, -(self.components @ self.center))
+            total = rows.sq_dist(self.center)
+        resid = np.sqrt(np.maximum(total - np.einsum("ij,ij->i", coords, coords), 0.0))
         return np.column_stack([coords, resid]).astype(np.float32)
 
     def distances(self, projected: np.ndarray) -> np.ndarray:
@@ -57,12 +70,12 @@ class NoveltyScorer:
         """Conformal p-values in (0, 1] and the shift factor applied to the query's distances."""
         d = self.distances(coords)
         big = len(d) >= self.min_cells_shift
-        shift = max(1.0, float(np.median(d) / np.median(self.calibration))) if big else 1.0
+        shift = max(1.0, float(np.quantile(d, 0.25) / np.quantile(self.calibration, 0.25))) if big else 1.0
         n_ge = len(self.calibration) - np.searchsorted(self.calibration, d / shift, side="left")
         p = (1.0 + n_ge) / (1.0 + len(self.calibration))
         if margins is not None and self.margin_calibration is not None and len(self.margin_calibration):
             cal = self.margin_calibration
-            m_shift = min(1.0, float(np.median(margins) / np.median(cal))) if big else 1.0
+            m_shift = min(1.0, float(np.quantile(margins, 0.75) / np.quantile(cal, 0.75))) if big else 1.0
             n_le = np.searchsorted(cal, margins / max(m_shift, 1e-6), side="right")
             p_margin = (1.0 + n_le) / (1.0 + len(cal))
             p = np.minimum(1.0, 2.0 * np.minimum(p, p_margin))

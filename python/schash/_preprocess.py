@@ -188,3 +188,43 @@ def fit_preprocessor(expr: Expr, *, n_top_genes, batches, transform, scale, targ
             np.zeros(F.shape[0], dtype=np.int64), pre.ref_mean[None], pre.ref_std[None])
     present = np.ones(len(genes), dtype=bool)
     return pre, ScaledMatrix(F, groups, mean, std, present, pre.clip)
+
+
+class SparseScaled:
+    """Linear maps of standardised rows without making the rows dense.
+
+    A standardised row is ``z = clip((x - mean_g) / std_g)`` with zeros for genes the
+    query lacks.  Where ``x`` is 0, ``z`` equals a per-group constant ``b_g``; so
+    ``W z = W b_g + W (z - b_g)``, and ``z - b_g`` is as sparse as ``x``.  Clipping is
+    applied to every value, so the result equals the dense computation up to float
+    rounding, at a fraction of the cost for sparse single-cell data.
+    """
+
+    def __init__(self, F, groups, mean, std, present, clip):
+        F = sparse.csr_matrix(F, dtype=np.float32)
+        self.groups = groups
+        base = np.clip(-mean / std, -clip, clip).astype(np.float32)
+        base[:, ~present] = 0.0
+        self.base = base  # n_groups × genes
+        rows = np.repeat(np.arange(F.shape[0]), np.diff(F.indptr))
+        g, cols = groups[rows], F.indices
+        z = np.clip((F.data - mean[g, cols]) / std[g, cols], -clip, clip)
+        self.z_nz = np.where(present[cols], z, 0.0).astype(np.float32)
+        self.delta = sparse.csr_matrix((self.z_nz - base[g, cols], F.indices, F.indptr), shape=F.shape)
+        self._rows, self._cols = rows, cols
+
+    def linear(self, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+        """``z @ weight.T + bias`` for every row (weight: out × genes)."""
+        const = self.base @ weight.T
+        if bias is not None:
+            const = const + bias
+        return np.asarray(self.delta @ weight.T, dtype=np.float32) + const[self.groups].astype(np.float32)
+
+    def sq_dist(self, center: np.ndarray) -> np.ndarray:
+        """``||z - center||^2`` for every row."""
+        bc = self.base - center
+        const = (bc * bc).sum(1)
+        zc = self.z_nz - center[self._cols]
+        bcc = bc[self.groups[self._rows], self._cols]
+        per_nz = zc * zc - bcc * bcc
+        return const[self.groups] + np.bincount(self._rows, weights=per_nz, minlength=len(self.groups))

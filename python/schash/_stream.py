@@ -15,14 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy import sparse
 
 from . import _hamming
 from ._data import Expr, _as_matrix, check_finite_nonnegative, detect_kind, extract
 from ._errors import InputError, LabelKeyError
 from ._novelty import margins
-from ._preprocess import ScaledMatrix
+from ._preprocess import SparseScaled
 
 CACHE_LIMIT_BYTES = 1 << 30  # keep first-pass features in memory below this, else recompute
 
@@ -112,14 +111,16 @@ def encode_pass(model, data, *, genes=None, layer=None, batch_key=None, groups=N
     n_matched = int(present.sum())
     mean, std = pre.stats_from_sums(s1, s2, np.bincount(groups, minlength=n_groups))
     codes, coords, margin = [], [], []
-    with torch.no_grad():
-        for (a, b), F in zip(tqdm(bounds, desc="schash encode", disable=not progress, unit="chunk"), cache):
-            if F is None:
-                F = sparse.csr_matrix(pre.features(src.chunk(a, b), kind=kind, min_overlap=0, report=False)[0])
-            rows = ScaledMatrix(F, groups[a:b], mean, std, present, pre.clip).rows(np.arange(b - a))
-            logits = model.module.net(torch.from_numpy(rows)).numpy()  # sign(tanh(x)) == sign(x)
-            codes.append(_hamming.pack(logits))
-            coords.append(model.novelty.project(rows))
-            margin.append(margins(logits, model.anchors))
+    for (a, b), F in zip(tqdm(bounds, desc="schash encode", disable=not progress, unit="chunk"), cache):
+        if F is None:
+            F = sparse.csr_matrix(pre.features(src.chunk(a, b), kind=kind, min_overlap=0, report=False)[0])
+        block = SparseScaled(F, groups[a:b], mean, std, present, pre.clip)
+        logits = model.module.logits_sparse(block)  # sign(tanh(x)) == sign(x)
+        codes.append(_hamming.pack(logits))
+        # typicality is judged against the reference's own scale, whatever `scale` the network uses
+        ref_block = SparseScaled(F, np.zeros(b - a, dtype=np.int64), pre.ref_mean[None], pre.ref_std[None],
+                                 present, pre.clip)
+        coords.append(model.novelty.project(ref_block))
+        margin.append(margins(logits, model.anchors))
     typ, shift = model.novelty.typicality(np.concatenate(coords), np.concatenate(margin))
     return Encoded(src.cells, np.concatenate(codes), typ, nnz == 0, n_matched, shift)
