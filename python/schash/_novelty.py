@@ -113,10 +113,27 @@ def fit_novelty(X, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, *,
     scorer = NoveltyScorer(pca.components_.astype(np.float32), pca.mean_.astype(np.float32),
                            np.zeros((0, n_comps + 1), np.float32), np.zeros(0, np.float32), k=k)
     scorer.bank = scorer.project(X.rows(bank_idx))
-    scorer.calibration = np.sort(scorer.distances(scorer.project(X.rows(val_idx)))).astype(np.float32)
+    # Calibrate on held-out cells and on training cells outside the bank: neither is its own
+    # neighbour, and many cells give p-values fine enough for a small alpha.
+    pool = np.setdiff1d(np.concatenate([val_idx, train_idx]), bank_idx)
+    if len(pool) < 200:  # a small reference: every cell, each scored without itself
+        cal = _leave_self_out(scorer, scorer.project(X.rows(bank_idx)))
+        pool_d = scorer.distances(scorer.project(X.rows(pool))) if len(pool) else np.zeros(0)
+        cal = np.concatenate([cal, pool_d])
+    else:
+        pool = np.sort(rng.choice(pool, min(len(pool), 20000), replace=False))
+        cal = scorer.distances(scorer.project(X.rows(pool)))
+    scorer.calibration = np.sort(cal).astype(np.float32)
     if val_margins is not None:
         scorer.margin_calibration = np.sort(val_margins).astype(np.float32)
     return scorer
+
+
+def _leave_self_out(scorer: NoveltyScorer, projected: np.ndarray) -> np.ndarray:
+    """Distances of bank cells to the bank, each leaving itself out."""
+    k = min(scorer.k, len(scorer.bank) - 1)
+    d, _ = NearestNeighbors(n_neighbors=k + 1).fit(scorer.bank[:, :-1]).kneighbors(projected[:, :-1])
+    return np.sqrt(d[:, 1:].mean(1) ** 2 + projected[:, -1] ** 2)
 
 
 def _stratified(idx: np.ndarray, y: np.ndarray, size: int, rng) -> np.ndarray:
