@@ -84,26 +84,38 @@ def train_matrix(X, genes, cells, labels, batches=None, **kwargs):
     return train(adata, labels=_labels(labels), batches=_labels(batches), **kwargs)
 
 
-def annotate_matrix(model, X, genes, cells, method="anchor", k=15, saliency=True, n_top_cell=5):
+def annotate_matrix(model, X, genes, cells, method="anchor", k=15, saliency=True, n_top_cell=5, neighbors=None):
     """Annotate a cells × genes matrix.
 
     Returns a dict: ``table`` (dict of per-cell columns: label, pruned_label, distance,
-    delta_next, typicality, confidence, and top_genes with ``saliency``), ``codes``
-    (cells × n_bits, ±1 int32), ``saliency`` (genes × types: dict of values, rows, cols; or None),
-    ``n_genes_matched``.
+    delta_next, typicality, confidence, top_genes with ``saliency``, and neighbor_batch with
+    ``neighbors`` when the reference had batches), ``codes`` (cells × n_bits, ±1 int32),
+    ``saliency`` (genes × types: dict of values, rows, cols; or None), ``composition``
+    (with ``neighbors=k``: ``{"cell_type": ..., "batch": ...}``, each cells × categories as
+    values, rows, cols — the fractions among the ``k`` nearest reference cells by Hamming
+    distance, from the same encoding pass; else None), ``batch_levels`` and ``n_genes_matched``.
     """
     adata = _anndata(X, genes, cells)
     enc = model._pass(adata)
     table = model.call(enc, method=str(method), k=int(k))
     table.index = pd.Index(list(adata.obs_names))
     out = {"codes": _hamming.unpack(enc.codes, model.n_bits).astype(np.int32), "saliency": None,
-           "n_genes_matched": int(enc.n_genes_matched)}
+           "composition": None, "batch_levels": None, "n_genes_matched": int(enc.n_genes_matched)}
+    if neighbors is not None and int(neighbors) > 0:
+        idx, _ = _hamming.knn_indices(enc.codes, model.ref_codes, int(neighbors))
+        out["composition"] = {}
+        for by in model.reference_obs().columns:
+            comp = model.composition(None, by=by, _neighbors=(table.index, idx))
+            out["composition"][by] = _matrix(comp)
+            if by == "batch":
+                table["neighbor_batch"] = comp.idxmax(axis=1).to_numpy()
+                out["batch_levels"] = [str(c) for c in comp.columns]
     if saliency:
         sal = compute_saliency(model, adata, n_top_cell=int(n_top_cell))
         table["top_genes"] = sal.cell_top_genes.to_numpy()
         out["saliency"] = _matrix(sal.by_group)
     # columns as plain arrays (label columns as strings; R makes the factors with these levels)
-    out["table"] = {col: (table[col].astype(str).to_numpy(dtype=object) if col in ("label", "pruned_label", "top_genes")
+    out["table"] = {col: (table[col].astype(str).to_numpy(dtype=object) if col in ("label", "pruned_label", "top_genes", "neighbor_batch")
                           else table[col].to_numpy()) for col in table.columns}
     out["levels"] = list(model.cell_types) + ["Unassigned"]
     return out

@@ -14,25 +14,41 @@
 #' `metadata(object)$schash$saliency`.  A matrix gives a data.frame with the same
 #' columns, with attributes `"codes"` and `"saliency"`.
 #'
+#' With `neighbors = k`, each cell's `k` nearest reference cells by Hamming
+#' distance are looked up (in the same encoding pass) and their composition is
+#' stored: by cell type and, when the model was trained with `batch`, by batch
+#' (cells x categories data.frames whose rows sum to 1), in
+#' `Misc(object, "schash")$composition$cell_type` / `$batch` (Seurat),
+#' `metadata(object)$schash$composition` (SingleCellExperiment) or the attribute
+#' `"composition"` (matrix).  With batches, the column `schash_neighbor_batch` (the
+#' majority batch among the neighbours) is added too.  See [schash_composition()]
+#' and [schash_plot_composition()].
+#'
 #' @param object A `Seurat` object, a `SingleCellExperiment`, or a genes x cells
 #'   matrix / `dgCMatrix` with gene names as row names.
 #' @param model A `schash_model`.
 #' @param ... `assay`, `layer` as in [schash_train()]; `k` (neighbours for `"knn"`).
 #' @param method `"anchor"` or `"knn"`.
 #' @param saliency Compute per-type and per-cell gene saliency.
+#' @param neighbors `NULL`, or the number of nearest reference cells whose
+#'   composition is stored for each cell.
 #' @return The annotated object (a data.frame for a matrix).
 #' @export
-schash_annotate <- function(object, model, ..., method = "anchor", saliency = TRUE) {
+schash_annotate <- function(object, model, ..., method = "anchor", saliency = TRUE,
+                            neighbors = NULL) {
   UseMethod("schash_annotate")
 }
 
 #' @rdname schash_annotate
 #' @export
-schash_annotate.default <- function(object, model, ..., method = "anchor", saliency = TRUE) {
-  res <- annotate_matrix(as_dgc(object), model, method = method, saliency = saliency, ...)
+schash_annotate.default <- function(object, model, ..., method = "anchor", saliency = TRUE,
+                                    neighbors = NULL) {
+  res <- annotate_matrix(as_dgc(object), model, method = method, saliency = saliency,
+                         neighbors = neighbors, ...)
   out <- res$table
   attr(out, "codes") <- res$codes
   attr(out, "saliency") <- res$saliency
+  attr(out, "composition") <- res$composition
   out
 }
 
@@ -40,11 +56,11 @@ schash_annotate.default <- function(object, model, ..., method = "anchor", salie
 #' @param assay,layer Which expression to use, as in [schash_train()].
 #' @export
 schash_annotate.Seurat <- function(object, model, ..., assay = NULL, layer = NULL,
-                                   method = "anchor", saliency = TRUE) {
+                                   method = "anchor", saliency = TRUE, neighbors = NULL) {
   need("SeuratObject", "for Seurat objects")
   assay <- assay %||% SeuratObject::DefaultAssay(object)
   res <- annotate_matrix(seurat_expr(object, assay, layer), model, method = method,
-                         saliency = saliency, ...)
+                         saliency = saliency, neighbors = neighbors, ...)
   object <- SeuratObject::AddMetaData(object, res$table)
   object[["schash"]] <- SeuratObject::CreateDimReducObject(
     embeddings = res$codes, key = "schash_", assay = assay, misc = list(method = method)
@@ -56,9 +72,11 @@ schash_annotate.Seurat <- function(object, model, ..., assay = NULL, layer = NUL
 #' @rdname schash_annotate
 #' @export
 schash_annotate.SingleCellExperiment <- function(object, model, ..., assay = NULL,
-                                                 method = "anchor", saliency = TRUE) {
+                                                 method = "anchor", saliency = TRUE,
+                                                 neighbors = NULL) {
   need("SingleCellExperiment", "for SingleCellExperiment objects")
-  res <- annotate_matrix(sce_expr(object, assay), model, method = method, saliency = saliency, ...)
+  res <- annotate_matrix(sce_expr(object, assay), model, method = method, saliency = saliency,
+                         neighbors = neighbors, ...)
   cd <- SummarizedExperiment::colData(object)
   for (col in names(res$table)) cd[[col]] <- res$table[[col]]
   SummarizedExperiment::colData(object) <- cd
@@ -69,22 +87,50 @@ schash_annotate.SingleCellExperiment <- function(object, model, ..., assay = NUL
   object
 }
 
-annotate_matrix <- function(m, model, method = "anchor", saliency = TRUE, k = 15, ...) {
+annotate_matrix <- function(m, model, method = "anchor", saliency = TRUE, k = 15,
+                            neighbors = NULL, ...) {
   extra <- list(...)
   if (length(extra)) {
     stop("unused argument(s): ", paste(names(extra), collapse = ", "), call. = FALSE)
   }
   method <- match.arg(method, c("anchor", "knn"))
+  neighbors <- check_neighbors(neighbors)
   py <- model_py(model)
   x <- to_py_cells(m)
   res <- py_call(schash_bridge()$annotate_matrix(py, x$X, x$genes, x$cells, method = method,
-                                                 k = as.integer(k), saliency = isTRUE(saliency)))
+                                                 k = as.integer(k), saliency = isTRUE(saliency),
+                                                 neighbors = neighbors))
   table <- py_table(res$table, x$cells, res$levels)
+  if ("schash_neighbor_batch" %in% names(table)) {
+    table$schash_neighbor_batch <- factor(as.character(table$schash_neighbor_batch),
+                                          levels = unlist(res$batch_levels))
+  }
+  comp <- NULL
+  if (!is.null(res$composition)) {
+    comp <- lapply(res$composition, function(d) {
+      df <- as.data.frame(py_matrix(d), check.names = FALSE)
+      rownames(df) <- rownames(table)
+      df
+    })
+  }
   codes <- as.matrix(res$codes)
   storage.mode(codes) <- "double"
   dimnames(codes) <- list(rownames(table), paste0("schash_", seq_len(ncol(codes))))
   sal <- py_matrix(res$saliency)
-  list(table = table, codes = codes, saliency = sal,
-       misc = list(saliency = sal, method = method, n_genes_matched = res$n_genes_matched,
-                   n_genes_model = model$info$n_genes))
+  misc <- list(saliency = sal, method = method, n_genes_matched = res$n_genes_matched,
+               n_genes_model = model$info$n_genes)
+  if (!is.null(comp)) {
+    misc$composition <- comp
+    misc$neighbors <- neighbors
+  }
+  list(table = table, codes = codes, saliency = sal, composition = comp, misc = misc)
+}
+
+check_neighbors <- function(neighbors) {
+  if (is.null(neighbors)) return(NULL)
+  if (!is.numeric(neighbors) || length(neighbors) != 1 || is.na(neighbors) ||
+      neighbors < 1 || neighbors != round(neighbors)) {
+    stop("neighbors must be NULL or one positive whole number", call. = FALSE)
+  }
+  as.integer(neighbors)
 }

@@ -6,4 +6,4 @@
 #' @keywords internal
 "_PACKAGE"
 
-utils::globalVariables(c("cell_type", "gene", "size", "score"))
+utils::globalVariables(c("cell_type", "gene", "size", "score", "group", "fraction", "category", "n"))
