@@ -88,9 +88,9 @@ def extract(data, genes=None, *, layer: str | None = None, check_values: bool = 
 
 def _as_matrix(X) -> sparse.csr_matrix | np.ndarray:
     if sparse.issparse(X):
-        X = sparse.csr_matrix(X, dtype=np.float32)
-        X.sum_duplicates()
-        return X
+        # no sum_duplicates(): it scans the whole matrix, and every later step (row sums,
+        # gene alignment by sparse product) already treats duplicate entries as their sum
+        return sparse.csr_matrix(X, dtype=np.float32)
     if hasattr(X, "to_memory"):  # anndata backed sparse dataset
         return _as_matrix(X.to_memory())
     arr = np.asarray(X)

@@ -36,9 +36,14 @@ def distances(a: np.ndarray, b: np.ndarray, block: int = 4096) -> np.ndarray:
 
 
 def distinct(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct rows of ``codes`` with the inverse index and the count of each."""
-    uniq, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
-    return uniq, inverse.reshape(-1), counts
+    """Distinct rows of ``codes`` with the inverse index and the count of each.
+
+    Rows are compared as single opaque values (a void view), far faster than ``axis=0``.
+    """
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    flat = codes.view(np.dtype((np.void, codes.shape[1]))).reshape(-1)
+    _, first, inverse, counts = np.unique(flat, return_index=True, return_inverse=True, return_counts=True)
+    return codes[first], inverse.reshape(-1), counts
 
 
 def nearest_anchor(codes: np.ndarray, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

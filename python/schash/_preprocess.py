@@ -207,24 +207,43 @@ class SparseScaled:
         base[:, ~present] = 0.0
         self.base = base  # n_groups × genes
         rows = np.repeat(np.arange(F.shape[0]), np.diff(F.indptr))
-        g, cols = groups[rows], F.indices
-        z = np.clip((F.data - mean[g, cols]) / std[g, cols], -clip, clip)
-        self.z_nz = np.where(present[cols], z, 0.0).astype(np.float32)
-        self.delta = sparse.csr_matrix((self.z_nz - base[g, cols], F.indices, F.indptr), shape=F.shape)
-        self._rows, self._cols = rows, cols
+        cols = F.indices
+        if mean.shape[0] == 1:  # one group: plain 1-d gathers are much faster than 2-d ones
+            m, sd, b = mean[0][cols], std[0][cols], base[0][cols]
+        else:
+            g = groups[rows]
+            m, sd, b = mean[g, cols], std[g, cols], base[g, cols]
+        z = np.clip((F.data - m) / sd, -clip, clip)
+        if not present.all():
+            z = np.where(present[cols], z, 0.0)
+        self.z_nz = z.astype(np.float32, copy=False)
+        self.delta = sparse.csr_matrix((self.z_nz - b, F.indices, F.indptr), shape=F.shape)
+        self._rows, self._cols, self._b = rows, cols, b
 
     def linear(self, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-        """``z @ weight.T + bias`` for every row (weight: out × genes)."""
+        """``z @ weight.T + bias`` for every row (weight: out × genes).
+
+        The sparse product runs in torch (CSR × dense uses every core; SciPy's uses one).
+        """
+        import torch
+
         const = self.base @ weight.T
         if bias is not None:
             const = const + bias
-        return np.asarray(self.delta @ weight.T, dtype=np.float32) + const[self.groups].astype(np.float32)
+        d = self.delta
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch calls its sparse CSR support "beta"
+            t = torch.sparse_csr_tensor(torch.from_numpy(d.indptr.astype(np.int64)),
+                                        torch.from_numpy(d.indices.astype(np.int64)),
+                                        torch.from_numpy(d.data), size=d.shape)
+            prod = (t @ torch.from_numpy(np.ascontiguousarray(weight.T, dtype=np.float32))).numpy()
+        return prod + const[self.groups].astype(np.float32)
 
     def sq_dist(self, center: np.ndarray) -> np.ndarray:
         """``||z - center||^2`` for every row."""
         bc = self.base - center
         const = (bc * bc).sum(1)
         zc = self.z_nz - center[self._cols]
-        bcc = bc[self.groups[self._rows], self._cols]
+        bcc = self._b - center[self._cols]
         per_nz = zc * zc - bcc * bcc
         return const[self.groups] + np.bincount(self._rows, weights=per_nz, minlength=len(self.groups))

@@ -61,7 +61,7 @@ class Source:
         self.n = len(self.cells)
 
     def chunk(self, start: int, stop: int) -> Expr:
-        X = self.matrix[start:stop]
+        X = _rows(self.matrix, start, stop)
         if self.adata is not None:
             X = _as_matrix(X)
             check_finite_nonnegative(X)
@@ -76,6 +76,16 @@ class Source:
             raise LabelKeyError(f"batch_key {batch_key!r} is not a column of obs; columns: {list(self.obs.columns)}")
         codes, cats = pd.factorize(self.obs[batch_key].astype(str))
         return codes.astype(np.int64), len(cats)
+
+
+def _rows(X, start, stop):
+    """Rows ``start:stop``; for an in-memory CSR matrix, views of its arrays instead of a copy."""
+    if isinstance(X, sparse.csr_matrix):  # canonical: extract() made it so
+        a, b = X.indptr[start], X.indptr[stop]
+        out = sparse.csr_matrix((stop - start, X.shape[1]), dtype=X.dtype)
+        out.data, out.indices, out.indptr = X.data[a:b], X.indices[a:b], X.indptr[start : stop + 1] - a
+        return out
+    return X[start:stop]
 
 
 def _bounds(n, chunk_size):
