@@ -462,7 +462,7 @@ def versions():
 
 def write_report(out: Path, rows: pd.DataFrame, nov: pd.DataFrame, meta: dict, warn_log: Counter, notes: list[str]):
     agg = aggregate(rows)
-    lines = [f"# schash accuracy benchmark\n",
+    lines = ["# schash accuracy benchmark\n",
              f"- date: {meta['date']}",
              f"- command: `{meta['command']}`",
              f"- machine: {meta['machine']}",

@@ -93,7 +93,6 @@ def step_schash_cli(model_path, query, out_csv):
 def step_celltypist_train(ref, model_path, max_per_type):
     import anndata as ad
     import celltypist
-    import numpy as np
 
     import schash._api as api
 
@@ -154,7 +153,6 @@ def step_knn(model_path, query, k, which):
 
 
 def step_singler(ref, query, workdir):
-    import anndata as ad
     import numpy as np
     import scipy.io
 
@@ -209,8 +207,6 @@ def main(argv=None):
     sys.path.insert(0, str(HERE))
     from synth import write_synthetic
 
-    for n in a.refs + a.queries:
-        pass
     files = {}
     for n in a.refs:
         files[("ref", n)] = work / f"ref_{n}.h5ad"

@@ -7,7 +7,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-import torch
 
 from . import _hamming
 from ._anchors import make_anchors

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy import sparse
 
 from . import _hamming
@@ -19,7 +18,7 @@ from ._anchors import min_pairwise_distance
 from ._data import extract
 from ._errors import InputError, LabelKeyError
 from ._module import HashMLP
-from ._novelty import NoveltyScorer, margins
+from ._novelty import NoveltyScorer
 from ._preprocess import Preprocessor, ScaledMatrix
 from ._stream import Encoded
 
