@@ -96,23 +96,35 @@ def knn_indices(codes: np.ndarray, ref_codes: np.ndarray, k: int) -> tuple[np.nd
     """Exact k nearest reference cells of each query cell: (indices, distances), both cells × k.
 
     Neighbours are ordered by distance, ties by reference index — the same as a stable
-    argsort of the full distance row.  Each distinct query code is searched once, against
-    the distinct reference codes, and the answer is shared by all cells with that code.
+    argsort of the full distance row.  Both sides are reduced to their distinct codes:
+    each distinct query code is compared with each distinct reference code once, and
+    only the reference cells of the closest codes are ever touched.
     """
     k = int(min(k, ref_codes.shape[0]))
     q_uniq, q_inv, _ = distinct(codes)
-    r_uniq, r_inv, _ = distinct(ref_codes)
+    r_uniq, r_inv, r_counts = distinct(ref_codes)
+    by_code = np.argsort(r_inv, kind="stable")  # reference cells grouped by code, by index within
+    starts = np.concatenate([[0], np.cumsum(r_counts)])
     idx = np.empty((q_uniq.shape[0], k), dtype=np.int64)
     dist = np.empty((q_uniq.shape[0], k), dtype=np.uint16)
-    block = max(1, 4_000_000 // max(1, r_uniq.shape[0]))
+    block = max(1, 2_000_000 // max(1, r_uniq.shape[0]))
     for s in range(0, q_uniq.shape[0], block):
-        d_codes = distances(q_uniq[s : s + block], r_uniq)
-        for j, row in enumerate(d_codes):
-            d_cells = row[r_inv]
-            kth = np.partition(d_cells, k - 1)[k - 1]
-            closer = np.flatnonzero(d_cells < kth)
-            tied = np.flatnonzero(d_cells == kth)[: k - len(closer)]
+        d = distances(q_uniq[s : s + block], r_uniq)
+        order = np.argsort(d, axis=1, kind="stable")
+        d_sorted = np.take_along_axis(d, order, axis=1)
+        reach = (np.cumsum(r_counts[order], axis=1) < k).sum(1)  # first sorted code reaching k cells
+        kth = d_sorted[np.arange(len(d)), reach]
+        for j in range(len(d)):
+            lo = np.searchsorted(d_sorted[j], kth[j], side="left")
+            hi = np.searchsorted(d_sorted[j], kth[j], side="right")
+            closer = [by_code[starts[c] : starts[c + 1]] for c in order[j, :lo]]
+            closer = np.concatenate(closer) if closer else np.zeros(0, dtype=np.int64)
+            need = k - len(closer)
+            # from each tied code, its `need` lowest-index cells at most
+            tied = [by_code[starts[c] : min(starts[c + 1], starts[c] + need)] for c in order[j, lo:hi]]
+            tied = np.sort(np.concatenate(tied))[:need]
             chosen = np.concatenate([closer, tied])
-            chosen = chosen[np.lexsort((chosen, d_cells[chosen]))]
-            idx[s + j], dist[s + j] = chosen, d_cells[chosen]
+            d_cells = d[j, r_inv[chosen]]
+            keep = np.lexsort((chosen, d_cells))
+            idx[s + j], dist[s + j] = chosen[keep], d_cells[keep]
     return idx[q_inv], dist[q_inv]
