@@ -128,7 +128,7 @@ class SchashModel:
         # less typical ones are scaled down in proportion (this ranks left-out types lowest
         # on the benchmark's held-out-type tasks; see bench/accuracy.py)
         confidence = code_score * np.minimum(1.0, enc.typicality / 0.5)
-        alpha = self.params.get("novelty_alpha", 0.05)
+        alpha = self.params.get("novelty_alpha", 0.02)
         keep = (dist <= self.threshold) & (enc.typicality >= alpha) & ~enc.empty
         labels = np.where(enc.empty, UNASSIGNED, labels)
         confidence = np.where(enc.empty, 0.0, confidence)
