@@ -41,6 +41,11 @@ PY = sys.executable
 
 
 def _peak_gb() -> float:
+    """Peak resident memory of this process (VmHWM; unlike ru_maxrss it is not inherited from the parent)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024**2
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2

@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--transform", choices=("log", "rank"), default="log")
     t.add_argument("--scale", choices=("batch", "reference"), default="batch")
     t.add_argument("--max-epochs", type=int, default=None)
+    t.add_argument("--max-cells-per-type", type=int, default=None,
+                   help="train on at most this many cells of each type; the database still holds every cell")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto")
     t.add_argument("--overwrite", action="store_true", help="replace an existing model file")
@@ -62,10 +64,11 @@ def _train(args) -> None:
 
     if Path(args.output).exists() and not args.overwrite:
         raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
-    ref = _read_h5ad(args.reference)
-    model = train(ref, cell_type_key=args.cell_type_key, batch_key=args.batch_key, layer=args.layer,
+    # the path, not a loaded AnnData: train() reads only the training cells and streams the rest
+    model = train(args.reference, cell_type_key=args.cell_type_key, batch_key=args.batch_key, layer=args.layer,
                   n_bits=args.n_bits, n_top_genes=args.n_top_genes, transform=args.transform, scale=args.scale,
-                  max_epochs=args.max_epochs, seed=args.seed, device=args.device, progress=not args.no_progress)
+                  max_epochs=args.max_epochs, max_cells_per_type=args.max_cells_per_type, seed=args.seed,
+                  device=args.device, progress=not args.no_progress)
     model.save(args.output, overwrite=args.overwrite)
     print(model)
     print(f"validation macro F1 {model.history['best_val_macro_f1']:.3f}; model written to {args.output}")
