@@ -255,6 +255,7 @@ def main(argv=None):
             if all(p.exists() for p in dists.values()):
                 same = np.array_equal(np.load(dists["schash"]), np.load(dists["faiss"]))
                 rows[-1]["exact_match"] = rows[-2]["exact_match"] = bool(same)
+    (out / "speed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))  # with exact_match
     smallest, q0 = min(a.refs), min(a.queries)
     record("annotate", "singler", smallest, q0, run_step("singler", files[("ref", smallest)], files[("query", q0)],
                                                           work / "singler"))
