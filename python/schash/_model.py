@@ -63,21 +63,19 @@ class SchashModel:
         )
 
     # -- encoding ----------------------------------------------------------------------------
-    def _groups(self, expr, batch_key):
-        if batch_key is None:
-            return None
-        if expr.obs is None:
-            raise InputError("batch_key= needs AnnData input (a plain matrix has no obs)")
-        if batch_key not in expr.obs:
-            raise LabelKeyError(f"batch_key {batch_key!r} is not a column of obs; columns: {list(expr.obs.columns)}")
-        codes, _ = pd.factorize(expr.obs[batch_key].astype(str))
-        return codes.astype(np.int64)
-
     def _prepare(self, data, *, genes=None, layer=None, batch_key=None, min_gene_overlap=0.3):
-        """Validate, normalise, align and set up scaling: (expr, ScaledMatrix, n genes matched, empty mask)."""
-        expr = extract(data, genes, layer=layer)
+        """The whole query at once as dense-able scaled rows (for saliency, which needs gradients).
+
+        Returns (expr, ScaledMatrix, n genes matched, empty-cell mask); encoding uses the chunked
+        path in :mod:`schash._stream` instead.
+        """
+        from ._stream import Source
+
+        src = Source(data, genes, layer)
+        expr = src.chunk(0, src.n)
+        expr.obs = src.obs
         F, present, _ = self.pre.features(expr, min_overlap=min_gene_overlap)
-        groups, mean, std = self.pre.query_stats(F, self._groups(expr, batch_key))
+        groups, mean, std = self.pre.query_stats(F, src.groups(batch_key)[0])
         X = ScaledMatrix(F, groups, mean, std, present, self.pre.clip)
         nnz = np.diff(F.indptr) if sparse.issparse(F) else (F != 0).sum(1)
         return expr, X, int(present.sum()), np.asarray(nnz).reshape(-1) == 0
