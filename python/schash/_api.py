@@ -298,17 +298,18 @@ def annotate(
     if copy:
         adata = adata.copy()
     write_annotation(adata, model, enc, df, method=method, k=k, layer=layer, batch_key=batch_key,
-                     neighbors=neighbors, key_added=key_added)
+                     neighbors=neighbors, key_added=key_added, progress=progress)
     return adata if copy else None
 
 
-def write_annotation(adata, model, enc, df, *, method, k, layer, batch_key, neighbors=None, key_added="schash"):
+def write_annotation(adata, model, enc, df, *, method, k, layer, batch_key, neighbors=None, key_added="schash",
+                     progress=False):
     """Write a finished annotation into ``adata`` (the fields listed in :func:`annotate`)."""
     for col in df.columns:
         adata.obs[f"{key_added}_{col}"] = df[col].values
     adata.obsm[f"X_{key_added}"] = enc.codes
     if neighbors:
-        idx, _ = _hamming.knn_indices(enc.codes, model.ref_codes, neighbors)
+        idx, _ = _hamming.knn_indices(enc.codes, model.ref_codes, neighbors, progress=progress)
         for by in model.reference_obs().columns:
             comp = model.composition(None, by=by, _neighbors=(adata.obs_names, idx))
             adata.obsm[f"{key_added}_{by}_composition"] = comp

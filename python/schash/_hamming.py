@@ -92,7 +92,7 @@ def knn_vote(
     return frac[q_inv], mean_d[q_inv]
 
 
-def knn_indices(codes: np.ndarray, ref_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def knn_indices(codes: np.ndarray, ref_codes: np.ndarray, k: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest reference cells of each query cell: (indices, distances), both cells × k.
 
     Neighbours are ordered by distance, ties by reference index — the same as a stable
@@ -108,7 +108,11 @@ def knn_indices(codes: np.ndarray, ref_codes: np.ndarray, k: int) -> tuple[np.nd
     idx = np.empty((q_uniq.shape[0], k), dtype=np.int64)
     dist = np.empty((q_uniq.shape[0], k), dtype=np.uint16)
     block = max(1, 2_000_000 // max(1, r_uniq.shape[0]))
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=q_uniq.shape[0], desc="schash neighbours", unit="code", disable=not progress)
     for s in range(0, q_uniq.shape[0], block):
+        bar.update(min(block, q_uniq.shape[0] - s))
         d = distances(q_uniq[s : s + block], r_uniq)
         order = np.argsort(d, axis=1, kind="stable")
         d_sorted = np.take_along_axis(d, order, axis=1)
@@ -127,4 +131,5 @@ def knn_indices(codes: np.ndarray, ref_codes: np.ndarray, k: int) -> tuple[np.nd
             d_cells = d[j, r_inv[chosen]]
             keep = np.lexsort((chosen, d_cells))
             idx[s + j], dist[s + j] = chosen[keep], d_cells[keep]
+    bar.close()
     return idx[q_inv], dist[q_inv]

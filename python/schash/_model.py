@@ -144,15 +144,16 @@ class SchashModel:
         )
 
     # -- reference database ------------------------------------------------------------------
-    def neighbors(self, data, *, k: int = 15, genes=None, layer=None, batch_key=None) -> tuple[np.ndarray, np.ndarray]:
+    def neighbors(self, data, *, k: int = 15, genes=None, layer=None, batch_key=None,
+                  progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest reference cells of each query cell by Hamming distance.
 
         Returns ``(indices, distances)``, each cells × k, ordered by distance (ties by
         reference index).  Indices point into the reference database, whose labels and
         batches are ``model.reference_obs()``.
         """
-        codes = self.encode(data, genes=genes, layer=layer, batch_key=batch_key)
-        return _hamming.knn_indices(codes, self.ref_codes, k)
+        codes = self.encode(data, genes=genes, layer=layer, batch_key=batch_key, progress=progress)
+        return _hamming.knn_indices(codes, self.ref_codes, k, progress=progress)
 
     def reference_obs(self) -> pd.DataFrame:
         """The metadata of the reference database: one row per reference cell."""
