@@ -158,6 +158,8 @@ def align_genes(X, genes: pd.Index, target: pd.Index, *, min_overlap: float = 0.
 
     Reports how many genes matched; raises :class:`GeneOverlapError` below ``min_overlap``.
     """
+    if genes.equals(target):  # already the model's genes in the model's order
+        return X, len(target)
     src = genes.get_indexer(target)
     present = src >= 0
     n_match = int(present.sum())
@@ -197,6 +199,11 @@ def column_sums(X, groups: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.nd
 
     if sparse.issparse(X):
         X = sparse.csr_matrix(X)
+        if n_groups == 1:  # one pass over the non-zeros instead of two sparse products
+            G = X.shape[1]
+            data = X.data.astype(np.float64)
+            return (np.bincount(X.indices, weights=data, minlength=G)[None],
+                    np.bincount(X.indices, weights=data * data, minlength=G)[None])
         return dense(onehot @ X), dense(onehot @ X.multiply(X))
     Xd = np.asarray(X, dtype=np.float64)
     return dense(onehot @ Xd), dense(onehot @ (Xd * Xd))

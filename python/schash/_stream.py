@@ -18,7 +18,7 @@ import pandas as pd
 from scipy import sparse
 
 from . import _hamming
-from ._data import Expr, _as_matrix, check_finite_nonnegative, detect_kind, extract
+from ._data import Expr, _as_matrix, check_finite_nonnegative, column_sums, detect_kind, extract
 from ._errors import InputError, LabelKeyError
 from ._novelty import margins
 from ._preprocess import SparseScaled
@@ -112,9 +112,9 @@ def encode_pass(model, data, *, genes=None, layer=None, batch_key=None, groups=N
         F, present, _ = pre.features(src.chunk(a, b), kind=kind, min_overlap=min_gene_overlap,
                                      what="query", report=i == 0)
         F = sparse.csr_matrix(F)
-        onehot = sparse.csr_matrix((np.ones(b - a), (groups[a:b], np.arange(b - a))), shape=(n_groups, b - a))
-        s1 += (onehot @ F).toarray()
-        s2 += (onehot @ F.multiply(F)).toarray()
+        c1, c2 = column_sums(F, groups[a:b], n_groups)
+        s1 += c1
+        s2 += c2
         nnz[a:b] = np.diff(F.indptr)
         cached_bytes += F.data.nbytes + F.indices.nbytes
         cache.append(F if cached_bytes <= CACHE_LIMIT_BYTES else None)
