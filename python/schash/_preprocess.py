@@ -16,11 +16,13 @@ every dataset (see ``bench/accuracy.py``):
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import sparse
 
 from ._data import Expr, align_genes, column_stats, column_sums, detect_kind, log_normalise, stats_from_sums
@@ -200,42 +202,46 @@ class SparseScaled:
     rounding, at a fraction of the cost for sparse single-cell data.
     """
 
-    def __init__(self, F, groups, mean, std, present, clip):
+    def __init__(self, F, groups, mean, std, present, clip, structure=None):
         F = sparse.csr_matrix(F, dtype=np.float32)
-        self.groups = groups
+        self.groups, self.shape = groups, F.shape
         base = np.clip(-mean / std, -clip, clip).astype(np.float32)
         base[:, ~present] = 0.0
         self.base = base  # n_groups × genes
-        rows = np.repeat(np.arange(F.shape[0]), np.diff(F.indptr))
         cols = F.indices
+        self._indptr = F.indptr
         if mean.shape[0] == 1:  # one group: plain 1-d gathers are much faster than 2-d ones
             m, sd, b = mean[0][cols], std[0][cols], base[0][cols]
         else:
-            g = groups[rows]
+            g = groups[self.rows]
             m, sd, b = mean[g, cols], std[g, cols], base[g, cols]
         z = np.clip((F.data - m) / sd, -clip, clip)
         if not present.all():
             z = np.where(present[cols], z, 0.0)
         self.z_nz = z.astype(np.float32, copy=False)
-        self.delta = sparse.csr_matrix((self.z_nz - b, F.indices, F.indptr), shape=F.shape)
-        self._rows, self._cols, self._b = rows, cols, b
+        self.delta_data = self.z_nz - b
+        self._cols, self._b = cols, b
+        # torch's view of the sparsity pattern (int32, no copy); blocks over the same rows share it
+        self.structure = structure or (torch.from_numpy(F.indptr.astype(np.int32, copy=False)),
+                                       torch.from_numpy(cols.astype(np.int32, copy=False)))
+
+    @functools.cached_property
+    def rows(self) -> np.ndarray:
+        """Row index of every stored value."""
+        return np.repeat(np.arange(self.shape[0]), np.diff(self._indptr))
 
     def linear(self, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
         """``z @ weight.T + bias`` for every row (weight: out × genes).
 
         The sparse product runs in torch (CSR × dense uses every core; SciPy's uses one).
         """
-        import torch
-
         const = self.base @ weight.T
         if bias is not None:
             const = const + bias
-        d = self.delta
+        crow, col = self.structure
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch calls its sparse CSR support "beta"
-            t = torch.sparse_csr_tensor(torch.from_numpy(d.indptr.astype(np.int64)),
-                                        torch.from_numpy(d.indices.astype(np.int64)),
-                                        torch.from_numpy(d.data), size=d.shape)
+            t = torch.sparse_csr_tensor(crow, col, torch.from_numpy(self.delta_data), size=self.shape)
             prod = (t @ torch.from_numpy(np.ascontiguousarray(weight.T, dtype=np.float32))).numpy()
         return prod + const[self.groups].astype(np.float32)
 
@@ -245,5 +251,6 @@ class SparseScaled:
         const = (bc * bc).sum(1)
         zc = self.z_nz - center[self._cols]
         bcc = self._b - center[self._cols]
-        per_nz = zc * zc - bcc * bcc
-        return const[self.groups] + np.bincount(self._rows, weights=per_nz, minlength=len(self.groups))
+        per_nz = (zc * zc - bcc * bcc).astype(np.float64)
+        cum = np.concatenate([[0.0], np.cumsum(per_nz)])  # row sums without a row index per value
+        return const[self.groups] + (cum[self._indptr[1:]] - cum[self._indptr[:-1]])

@@ -129,7 +129,7 @@ def encode_pass(model, data, *, genes=None, layer=None, batch_key=None, groups=N
         codes.append(_hamming.pack(logits))
         # typicality is judged against the reference's own scale, whatever `scale` the network uses
         ref_block = SparseScaled(F, np.zeros(b - a, dtype=np.int64), pre.ref_mean[None], pre.ref_std[None],
-                                 present, pre.clip)
+                                 present, pre.clip, structure=block.structure)
         coords.append(model.novelty.project(ref_block))
         margin.append(margins(logits, model.anchors))
     typ, shift = model.novelty.typicality(np.concatenate(coords), np.concatenate(margin))
