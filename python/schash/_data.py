@@ -199,11 +199,10 @@ def column_sums(X, groups: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.nd
 
     if sparse.issparse(X):
         X = sparse.csr_matrix(X)
-        if n_groups == 1:  # one pass over the non-zeros instead of two sparse products
+        if n_groups == 1:  # one scatter-add per statistic instead of two sparse products
             G = X.shape[1]
-            data = X.data.astype(np.float64)
-            return (np.bincount(X.indices, weights=data, minlength=G)[None],
-                    np.bincount(X.indices, weights=data * data, minlength=G)[None])
+            return (np.bincount(X.indices, weights=X.data, minlength=G)[None],
+                    np.bincount(X.indices, weights=X.data * X.data, minlength=G)[None])
         return dense(onehot @ X), dense(onehot @ X.multiply(X))
     Xd = np.asarray(X, dtype=np.float64)
     return dense(onehot @ Xd), dense(onehot @ (Xd * Xd))

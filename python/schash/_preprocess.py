@@ -192,6 +192,16 @@ def fit_preprocessor(expr: Expr, *, n_top_genes, batches, transform, scale, targ
     return pre, ScaledMatrix(F, groups, mean, std, present, pre.clip)
 
 
+def _row_sums(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+    """Sum of ``values`` within each CSR row (empty rows give 0), in one pass."""
+    if len(values) == 0:
+        return np.zeros(len(indptr) - 1)
+    starts = np.minimum(indptr[:-1], len(values) - 1)
+    sums = np.add.reduceat(values, starts, dtype=np.float64)
+    sums[indptr[:-1] == indptr[1:]] = 0.0
+    return sums
+
+
 class SparseScaled:
     """Linear maps of standardised rows without making the rows dense.
 
@@ -251,6 +261,4 @@ class SparseScaled:
         const = (bc * bc).sum(1)
         zc = self.z_nz - center[self._cols]
         bcc = self._b - center[self._cols]
-        per_nz = (zc * zc - bcc * bcc).astype(np.float64)
-        cum = np.concatenate([[0.0], np.cumsum(per_nz)])  # row sums without a row index per value
-        return const[self.groups] + (cum[self._indptr[1:]] - cum[self._indptr[:-1]])
+        return const[self.groups] + _row_sums(zc * zc - bcc * bcc, self._indptr)
