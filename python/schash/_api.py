@@ -59,7 +59,7 @@ def train(
     scale: str = "batch",
     min_cells_per_type: int = 10,
     max_cells_per_type: int | None = None,
-    hidden: tuple[int, ...] = (256, 128),
+    hidden: tuple[int, ...] = (128, 64),
     dropout: float = 0.2,
     lr: float = 1e-3,
     batch_size: int | None = None,

@@ -10,7 +10,7 @@ from torch import nn
 class HashMLP(nn.Module):
     """A small MLP whose ``tanh`` outputs are continuous hash codes; their sign is the K-bit code."""
 
-    def __init__(self, n_genes: int, n_bits: int, hidden: tuple[int, ...] = (256, 128), dropout: float = 0.2):
+    def __init__(self, n_genes: int, n_bits: int, hidden: tuple[int, ...] = (128, 64), dropout: float = 0.2):
         super().__init__()
         self.config = {"n_genes": int(n_genes), "n_bits": int(n_bits), "hidden": list(hidden), "dropout": float(dropout)}
         layers: list[nn.Module] = []

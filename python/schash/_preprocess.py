@@ -220,14 +220,17 @@ class SparseScaled:
         self.base = base  # n_groups × genes
         cols = F.indices
         self._indptr = F.indptr
+        inv_sd, shift = (1.0 / std).astype(np.float32), (mean / std).astype(np.float32)
         if mean.shape[0] == 1:  # one group: plain 1-d gathers are much faster than 2-d ones
-            m, sd, b = mean[0][cols], std[0][cols], base[0][cols]
+            a, c = inv_sd[0][cols], shift[0][cols]
         else:
             g = groups[self.rows]
-            m, sd, b = mean[g, cols], std[g, cols], base[g, cols]
-        z = np.clip((F.data - m) / sd, -clip, clip)
+            a, c = inv_sd[g, cols], shift[g, cols]
+        z = np.clip(F.data * a - c, -clip, clip)
+        b = np.clip(-c, -clip, clip)  # the value of z where x is 0
         if not present.all():
-            z = np.where(present[cols], z, 0.0)
+            missing = ~present[cols]
+            z[missing], b[missing] = 0.0, 0.0
         self.z_nz = z.astype(np.float32, copy=False)
         self.delta_data = self.z_nz - b
         self._cols, self._b = cols, b

@@ -21,7 +21,7 @@ from ._module import HashMLP
 
 @dataclass
 class TrainConfig:
-    hidden: tuple[int, ...] = (256, 128)
+    hidden: tuple[int, ...] = (128, 64)
     dropout: float = 0.2
     lr: float = 1e-3
     weight_decay: float = 1e-4
