@@ -103,8 +103,9 @@ def train(
     novelty_alpha
         Calls whose typicality (p-value) is below this are ``Unassigned``.  Chosen on
         ``bench/accuracy.py``: with 0.02, 34% of the cells of a type missing from the reference
-        were left Unassigned against 1.8% of known-type cells across all cross-batch folds
-        (0.01: 30% and 1.0%; 0.05: 48% and 6%).  ``confidence`` ranks the rest.
+        were left Unassigned against 0.8% of the known-type cells of those tasks, and 0-4% of
+        known-type cells in any cross-batch fold; 0.05 left 6% of known-type cells Unassigned on
+        average.  ``confidence`` ranks the rest.
     seed, device, num_threads, progress
         Random seed (same seed, CPU and thread count give the same model),
         ``"auto"``/``"cpu"``/``"cuda"``, torch CPU threads while training (``None``: one
