@@ -81,3 +81,22 @@ def test_annotate_with_neighbors_and_plots(synth_model, synth):
     assert len(ax.get_xticklabels()) <= 3 * sal.shape[1]
     with pytest.raises(KeyError, match="neighbors=15"):
         schash.pl.composition(synth[:3].copy())
+
+
+def test_more_reference_columns_are_kept_and_saved(synth, tmp_path):
+    a = synth.copy()
+    a.obs["donor"] = np.where(np.arange(a.n_obs) % 3 == 0, "d1", "d2")
+    with pytest.raises(schash.LabelKeyError, match="'nope' is not in obs"):
+        schash.train(a, cell_type_key="cell_type", reference_keys=["nope"], progress=False)
+    m = schash.train(a, cell_type_key="cell_type", reference_keys=["donor"], max_epochs=3, progress=False)
+    obs = m.reference_obs()
+    assert list(obs["donor"].astype(str)) == list(a.obs["donor"])
+    comp = m.composition(a[:20].copy(), by="donor", k=10)
+    assert list(comp.columns) == ["d1", "d2"]
+    np.testing.assert_allclose(comp.sum(1), 1.0)
+    m.save(tmp_path / "m.schash")
+    assert schash.load(tmp_path / "m.schash").reference_obs().equals(obs)
+    # subsampled training: the database (and the column) still covers every cell
+    m2 = schash.train(a, cell_type_key="cell_type", reference_keys=["donor"], max_cells_per_type=50,
+                      max_epochs=3, progress=False)
+    assert list(m2.reference_obs()["donor"].astype(str)) == list(a.obs["donor"])

@@ -59,6 +59,7 @@ def train(
     scale: str = "batch",
     min_cells_per_type: int = 10,
     max_cells_per_type: int | None = None,
+    reference_keys: list[str] | None = None,
     hidden: tuple[int, ...] = (128, 64),
     dropout: float = 0.2,
     lr: float = 1e-3,
@@ -97,6 +98,9 @@ def train(
     max_cells_per_type
         Train on at most this many cells of each type (a random subsample); the reference
         database still holds the codes of every cell.  For atlases of millions of cells.
+    reference_keys
+        More ``obs`` columns (besides cell type and batch) to keep for every reference cell in
+        the model's database, for :meth:`SchashModel.composition` and ``reference_obs()``.
     prune_quantile
         Held-out reference cells' anchor distances at this quantile set the distance
         beyond which a call is ``Unassigned``.
@@ -122,6 +126,7 @@ def train(
     if y_all is None:
         raise InputError("no cell types given: pass labels= (a vector) or cell_type_key= (an obs column)")
     b_all = _column(meta, batches, batch_key, "batch")
+    extra = {key: _column(meta, None, key, "reference") for key in reference_keys or ()}
     idx = _training_cells(y_all, max_cells_per_type, seed)
     expr = _load_rows(path, layer, idx) if path is not None else _take(meta, idx)
     y_str, b_str = y_all[idx], (b_all[idx] if b_all is not None else None)
@@ -143,7 +148,7 @@ def train(
     X_ref = ScaledMatrix(X.F, np.zeros(len(y), dtype=np.int64), pre.ref_mean[None], pre.ref_std[None],
                          np.ones(len(pre.genes), dtype=bool), pre.clip)  # typicality uses reference scaling
     novelty = fit_novelty(X_ref, y, train_idx, val_idx, seed=seed, val_margins=margins(logits_val, anchors))
-    db_labels, db_batches = y_str, b_str
+    db_labels, db_batches, db_rows = y_str, b_str, idx[keep]
     params = dict(n_bits=n_bits, n_top_genes=n_top_genes, transform=transform, scale=scale, seed=seed,
                   min_cells_per_type=min_cells_per_type, hidden=list(hidden), dropout=dropout, lr=lr,
                   prune_quantile=prune_quantile, novelty_alpha=novelty_alpha, cell_type_key=cell_type_key,
@@ -154,13 +159,14 @@ def train(
     model = SchashModel(module=module, pre=pre, cell_types=types, anchors=anchors, threshold=threshold,
                         novelty=novelty, ref_codes=codes, ref_labels=y, params=params, history=history)
     if len(idx) < len(y_all):  # trained on a subsample: the database still holds every reference cell
-        codes, db_labels, db_batches = _encode_database(model, path if path is not None else meta,
-                                                        y_all, b_all, layer, progress)
+        codes, db_labels, db_batches, db_rows = _encode_database(model, path if path is not None else meta,
+                                                                 y_all, b_all, layer, progress)
     model.ref_labels = pd.Categorical(db_labels, categories=types).codes.astype(np.int64)
     model.ref_codes = codes
     if db_batches is not None:
         bc = pd.Categorical(db_batches)
         model.ref_batches, model.batch_categories = bc.codes.astype(np.int64), [str(c) for c in bc.categories]
+    model.ref_meta = {key: pd.Categorical(values[db_rows]) for key, values in extra.items()}
     model.params["n_reference_cells"] = int(len(model.ref_labels))
     return model
 
@@ -216,7 +222,7 @@ def _encode_database(model, source, y_all, b_all, layer, progress):
     enc = encode_pass(model, data, genes=genes, layer=layer if not isinstance(source, Expr) else None,
                       groups=groups, progress=progress)
     ok = np.isin(y_all, model.cell_types) & ~enc.empty
-    return enc.codes[ok], y_all[ok], (b_all[ok] if b_all is not None else None)
+    return enc.codes[ok], y_all[ok], (b_all[ok] if b_all is not None else None), np.flatnonzero(ok)
 
 
 def _usable_cells(expr, y_str, min_cells):

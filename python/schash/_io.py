@@ -14,6 +14,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ._errors import ModelFileError
@@ -44,12 +45,15 @@ def save_model(model, path, *, overwrite: bool = False) -> None:
     )
     if model.ref_batches is not None:
         tensors["ref_batches"] = model.ref_batches.astype(np.int32)
+    for key, values in model.ref_meta.items():
+        tensors[f"ref_meta.{key}"] = np.asarray(values.codes, dtype=np.int32)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "schash_version": __version__,
         "cell_types": list(model.cell_types),
         "batch_categories": model.batch_categories,
+        "ref_meta_categories": {k: [str(c) for c in v.categories] for k, v in model.ref_meta.items()},
         "threshold": int(model.threshold),
         "module": model.module.config,
         "preprocessing": model.pre.to_meta(),
@@ -136,4 +140,6 @@ def load_model(path):
         history=meta["history"],
         ref_batches=t["ref_batches"].astype(np.int64) if "ref_batches" in t else None,
         batch_categories=meta.get("batch_categories"),
+        ref_meta={k: pd.Categorical.from_codes(t[f"ref_meta.{k}"].astype(np.int64), cats)
+                  for k, cats in meta.get("ref_meta_categories", {}).items()},
     )

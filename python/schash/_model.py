@@ -40,6 +40,7 @@ class SchashModel:
     history: dict = field(default_factory=dict)
     ref_batches: np.ndarray | None = None
     batch_categories: list[str] | None = None
+    ref_meta: dict = field(default_factory=dict)  # more obs columns of the reference: name -> Categorical
 
     # -- properties -----------------------------------------------------------------------
     @property
@@ -160,6 +161,8 @@ class SchashModel:
         obs = pd.DataFrame({"cell_type": pd.Categorical.from_codes(self.ref_labels, self.cell_types)})
         if self.ref_batches is not None:
             obs["batch"] = pd.Categorical.from_codes(self.ref_batches, self.batch_categories)
+        for key, values in self.ref_meta.items():
+            obs[key] = values
         return obs
 
     def composition(self, data, *, by: str = "batch", k: int = 15, genes=None, layer=None, batch_key=None,
@@ -207,6 +210,10 @@ class SchashModel:
             allb = pd.Categorical(np.concatenate([np.asarray(old, dtype=object),
                                                   b if b is not None else np.full(len(y), "added")]))
             self.ref_batches, self.batch_categories = allb.codes.astype(np.int64), [str(c) for c in allb.categories]
+        for key in list(self.ref_meta):  # more reference columns: from the new cells' obs where present
+            new = (expr.obs[key].astype(str).to_numpy() if expr.obs is not None and key in expr.obs
+                   else np.full(len(y), "unknown", dtype=object))
+            self.ref_meta[key] = pd.Categorical(np.concatenate([np.asarray(self.ref_meta[key], dtype=object), new]))
         self.ref_codes = np.concatenate([self.ref_codes, codes])
         self.ref_labels = np.concatenate([self.ref_labels, new_labels])
 
