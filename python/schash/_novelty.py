@@ -103,7 +103,7 @@ def margins(logits: np.ndarray, anchors: np.ndarray) -> np.ndarray:
 def fit_novelty(X, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, *, seed: int,
                 val_margins: np.ndarray | None = None,
                 n_comps: int = 30, bank_size: int = 1000, k: int = 10) -> NoveltyScorer:
-    """Fit the PCA on (a sample of) the training cells, build the bank, calibrate on validation cells."""
+    """Fit the PCA on (a sample of) the training cells, build the bank, calibrate on the other cells."""
     rng = np.random.default_rng(seed)
     fit_idx = np.sort(rng.choice(train_idx, min(len(train_idx), 20000), replace=False))
     rows = X.rows(fit_idx)
