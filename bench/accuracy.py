@@ -359,6 +359,15 @@ def classification_task(ds, fold, adata, peer, ref_idx, q_idx, methods, r_status
     return rows
 
 
+def novelty_scores(prefix, pred, novel):
+    """AUROC of confidence and typicality, and the Unassigned fractions, of one schash prediction."""
+    un = pred["pruned_label"].astype(str).to_numpy() == "Unassigned"
+    return {f"{prefix}_confidence": auroc(novel, -pred["confidence"].to_numpy()),
+            f"{prefix}_typicality": auroc(novel, -pred["typicality"].to_numpy()),
+            f"{prefix}_unassigned_left_out": float(un[novel == 1].mean()),
+            f"{prefix}_unassigned_known": float(un[novel == 0].mean())}
+
+
 def novelty_tasks(ds, adata, peer, ref_idx, q_idx, methods, warn_log, n_left_out=2):
     """Leave each of the largest reference types out in turn; AUROC of confidences for the left-out cells."""
     y = adata.obs["cell_type"].astype(str).to_numpy()
@@ -379,25 +388,16 @@ def novelty_tasks(ds, adata, peer, ref_idx, q_idx, methods, warn_log, n_left_out
                 res, w = run_schash(ref, qry, "log", "batch", with_batch)
                 warn_log.update(w)
                 pa, pk = res["schash"][0], res["schash-knn"][0]
-                row["schash_confidence"] = auroc(novel, -pa["confidence"].to_numpy())
-                row["schash_typicality"] = auroc(novel, -pa["typicality"].to_numpy())
+                row.update(novelty_scores("schash", pa, novel))
                 row["schash_distance"] = auroc(novel, pa["distance"].to_numpy())
                 row["schash-knn_confidence"] = auroc(novel, -pk["confidence"].to_numpy())
-                un = pa["pruned_label"].astype(str).to_numpy() == "Unassigned"
-                row["schash_unassigned_left_out"] = float(un[novel == 1].mean())
-                row["schash_unassigned_known"] = float(un[novel == 0].mean())
             except Exception as e:  # noqa: BLE001
                 row["schash_error"] = f"error: {type(e).__name__}: {str(e)[:150]}"
         if "schash-variants" in methods:  # scale="reference": the query is not standardised on its own
             try:
                 res, w = run_schash(ref, qry, "log", "reference", with_batch)
                 warn_log.update(w)
-                pa = res["schash-log-ref"][0]
-                row["schash-log-ref_confidence"] = auroc(novel, -pa["confidence"].to_numpy())
-                row["schash-log-ref_typicality"] = auroc(novel, -pa["typicality"].to_numpy())
-                un = pa["pruned_label"].astype(str).to_numpy() == "Unassigned"
-                row["schash-log-ref_unassigned_left_out"] = float(un[novel == 1].mean())
-                row["schash-log-ref_unassigned_known"] = float(un[novel == 0].mean())
+                row.update(novelty_scores("schash-log-ref", res["schash-log-ref"][0], novel))
             except Exception as e:  # noqa: BLE001
                 row["schash-log-ref_error"] = f"error: {type(e).__name__}: {str(e)[:150]}"
         if "celltypist" in methods:

@@ -1,3 +1,15 @@
+# One part of what schash_annotate() stored: Misc(object, "schash") for Seurat,
+# metadata(object)$schash for a SummarizedExperiment, an attribute of a data.frame.
+.schash_result <- function(object, part) {
+  if (inherits(object, "Seurat")) {
+    SeuratObject::Misc(object, slot = "schash")[[part]]
+  } else if (methods::is(object, "SummarizedExperiment")) {
+    S4Vectors::metadata(object)$schash[[part]]
+  } else {
+    attr(object, part)
+  }
+}
+
 #' Gene saliency of an annotation
 #'
 #' @param object What [schash_annotate()] returned (Seurat, SingleCellExperiment or
@@ -5,15 +17,7 @@
 #' @return The genes x cell types saliency matrix.
 #' @export
 schash_saliency <- function(object) {
-  sal <- if (is.matrix(object)) {
-    object
-  } else if (inherits(object, "Seurat")) {
-    SeuratObject::Misc(object, slot = "schash")$saliency
-  } else if (methods::is(object, "SummarizedExperiment")) {
-    S4Vectors::metadata(object)$schash$saliency
-  } else {
-    attr(object, "saliency")
-  }
+  sal <- if (is.matrix(object)) object else .schash_result(object, "saliency")
   if (is.null(sal)) {
     stop("no schash saliency found; run schash_annotate(..., saliency = TRUE) first", call. = FALSE)
   }
@@ -79,13 +83,7 @@ schash_plot_saliency <- function(object, n = 5) {
 #' @return A cells x categories data.frame; each row sums to 1.
 #' @export
 schash_composition <- function(object, by = "cell_type") {
-  comp <- if (inherits(object, "Seurat")) {
-    SeuratObject::Misc(object, slot = "schash")$composition
-  } else if (methods::is(object, "SummarizedExperiment")) {
-    S4Vectors::metadata(object)$schash$composition
-  } else {
-    attr(object, "composition")
-  }
+  comp <- .schash_result(object, "composition")
   if (is.null(comp)) {
     stop("no schash neighbour composition found; run schash_annotate(..., neighbors = 15) first",
          call. = FALSE)
