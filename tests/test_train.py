@@ -37,15 +37,6 @@ def test_history_is_kept(synth_model):
     assert h["best_val_macro_f1"] > 0.9  # synthetic types are well separated
 
 
-def test_small_types_are_dropped_with_warning(synth):
-    a = synth.copy()
-    a.obs["cell_type"] = a.obs["cell_type"].astype(str)
-    a.obs.iloc[:3, a.obs.columns.get_loc("cell_type")] = "rare"
-    with pytest.warns(UserWarning, match=r"rare \(3\)"):
-        m = schash.train(a, cell_type_key="cell_type", max_epochs=2, progress=False)
-    assert "rare" not in m.cell_types and len(m.cell_types) == 4
-
-
 def test_single_type_and_missing_labels_are_errors(synth):
     with pytest.raises(schash.InputError, match="at least two"):
         schash.train(synth, labels=["x"] * synth.n_obs, progress=False)

@@ -122,6 +122,9 @@ def check_finite_nonnegative(X) -> None:
         )
 
 
+LOG_MAX = 30.0
+
+
 def detect_kind(X, n_sample: int = 100_000, seed: int = 0) -> str:
     """``"counts"`` when the sampled non-zero values are all whole numbers, else ``"log"``."""
     v = _values(X)
@@ -130,7 +133,11 @@ def detect_kind(X, n_sample: int = 100_000, seed: int = 0) -> str:
         return "log"
     if v.size > n_sample:
         v = np.random.default_rng(seed).choice(v, n_sample, replace=False)
-    return "counts" if np.all(np.abs(v - np.round(v)) < 1e-6) else "log"
+    if np.all(np.abs(v - np.round(v)) < 1e-6):
+        return "counts"
+    # log1p of per-10k (or per-million, log2) values stays below ~20; larger non-integer values are
+    # on a linear scale (UMI-corrected counts, CPM, TPM) and are normalised like counts
+    return "counts" if v.max() > LOG_MAX else "log"
 
 
 def log_normalise(X, kind: str, target_sum: float = 1e4):

@@ -58,6 +58,7 @@ def save_model(model, path, *, overwrite: bool = False) -> None:
         "module": model.module.config,
         "preprocessing": model.pre.to_meta(),
         "novelty_k": model.novelty.k,
+        "novelty_metric": model.novelty.metric,
         "params": model.params,
         "history": model.history,
     }
@@ -133,7 +134,8 @@ def load_model(path):
         cell_types=list(meta["cell_types"]),
         anchors=t["anchors"],
         threshold=int(meta["threshold"]),
-        novelty=NoveltyScorer.from_tensors(t, k=int(meta["novelty_k"])),
+        novelty=NoveltyScorer.from_tensors(t, k=int(meta["novelty_k"]),
+                                           metric=meta.get("novelty_metric", "euclidean")),
         ref_codes=t["ref_codes"],
         ref_labels=t["ref_labels"].astype(np.int64),
         params=meta["params"],

@@ -25,6 +25,11 @@ class HashMLP(nn.Module):
         return torch.tanh(self.net(x))
 
     @torch.no_grad()
+    def logits_dense(self, rows: np.ndarray) -> np.ndarray:
+        """Pre-tanh outputs for dense standardised rows (inference only)."""
+        return self.net(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))).numpy()
+
+    @torch.no_grad()
     def logits_sparse(self, block) -> np.ndarray:
         """Pre-tanh outputs for a :class:`~schash._preprocess.SparseScaled` block (inference only).
 

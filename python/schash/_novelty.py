@@ -1,29 +1,30 @@
-"""How typical a cell is of the reference, in expression space.
+"""How typical a cell is of the reference: a per-cell p-value that needs no other query cell.
 
 A network trained to map every cell to some anchor will map a cell of a type the
 reference lacks onto a known anchor with full confidence, so the Hamming distance
-alone cannot flag it.  This scorer keeps a small, stratified bank of reference
-cells in a PCA of the reference's scaled features.  A cell's distance to the
-reference is the mean distance to its ``k`` nearest bank cells inside the PCA
-subspace combined with its residual off that subspace (what the reference's main
-axes of variation cannot explain — a new type's own marker genes land there).
-The distance is calibrated on held-out reference cells.
+alone cannot flag it.  Two views are combined:
 
-A second, network-side signal is the *margin*: the mean agreement between the
-pre-tanh output and the anchor it is assigned to.  Cells the network has learned
-to place sit deep on their anchor's side; cells unlike its training data tend to
-sit near the decision boundaries.  It is calibrated on the same held-out cells.
-The typicality is the smaller of the two p-values, doubled (Bonferroni), so it is
-low when either view finds the cell unusual.  A query
-cell's *typicality* is the fraction of held-out reference cells that lie at least
-as far from the bank as it does — a conformal p-value, low for cells unlike any
-reference type.  When most of a query lies farther away than the reference
-(a batch or technology shift), distances are first divided by the ratio of their
-lower quartiles, so the shift itself does not make every cell atypical; the lower
-quartile, not the median, so that a new type making up to three quarters of the
-query does not hide itself.  Features here are always standardised with the
-reference's statistics (also under ``scale="batch"``): a query standardised on its
-own would absorb a large new population into its means.
+*Expression.*  A small, stratified bank of reference cells is kept in a PCA of the
+reference-scaled features, each cell as its PCA coordinates plus, as one more
+coordinate, the norm of its residual off the PCA subspace (a new type's own marker
+genes land there).  A cell's distance to the reference is the mean distance to its
+``k`` nearest bank cells after every vector is scaled to unit length (``metric="cosine"``):
+the *direction* of a cell's deviation from the reference mean says which type it
+resembles, while its length grows with any technology shift — which made known cells
+from another technology look new when plain distances were used.
+
+*Network.*  The margin is the mean agreement between the pre-tanh output and the
+anchor the cell is assigned to: cells the network has learned to place sit deep on
+their anchor's side, cells unlike its training data near the decision boundaries.
+
+Both are calibrated on reference cells perturbed by the same technology-like
+augmentation the network trains with (:func:`schash._train.augment`), so the p-values
+expect a query from another technology; bank cells are scored without themselves.
+The typicality is the smaller of the two conformal p-values, doubled (Bonferroni).
+Measured on the cross-batch left-out-type tasks of ``bench/accuracy.py``: AUROC 0.92
+against 0.85 for the distance alone and 0.88 for the margin alone.
+
+Models saved before this version use plain Euclidean distances (``metric="euclidean"``).
 """
 
 from __future__ import annotations
@@ -34,16 +35,18 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
+METRICS = ("cosine", "euclidean")
+
 
 @dataclass
 class NoveltyScorer:
     components: np.ndarray  # n_comps × genes
     center: np.ndarray  # genes
-    bank: np.ndarray  # n_bank × n_comps
-    calibration: np.ndarray  # sorted held-out distances
-    margin_calibration: np.ndarray | None = None  # sorted held-out margins
+    bank: np.ndarray  # n_bank × (n_comps + 1): PCA coordinates and residual norm
+    calibration: np.ndarray  # sorted distances of calibration cells
+    margin_calibration: np.ndarray | None = None  # sorted margins of calibration cells
     k: int = 10
-    min_cells_shift: int = 50
+    metric: str = "cosine"
 
     def project(self, rows) -> np.ndarray:
         """PCA coordinates plus, as the last column, the norm of the residual off the PCA subspace.
@@ -61,25 +64,36 @@ class NoveltyScorer:
         resid = np.sqrt(np.maximum(total - np.einsum("ij,ij->i", coords, coords), 0.0))
         return np.column_stack([coords, resid]).astype(np.float32)
 
-    def distances(self, projected: np.ndarray) -> np.ndarray:
-        k = min(self.k, len(self.bank))
-        d, _ = NearestNeighbors(n_neighbors=k).fit(self.bank[:, :-1]).kneighbors(projected[:, :-1])
-        return np.sqrt(d.mean(1) ** 2 + projected[:, -1] ** 2)
+    def _space(self, projected: np.ndarray) -> np.ndarray:
+        if self.metric == "euclidean":
+            return projected[:, :-1]
+        return projected / np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
 
-    def typicality(self, coords: np.ndarray, margins: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-        """Conformal p-values in (0, 1] and the shift factor applied to the query's distances."""
+    def distances(self, projected: np.ndarray, own: np.ndarray | None = None) -> np.ndarray:
+        """Mean distance to the ``k`` nearest bank cells; ``own[i]`` (bank row or -1) is left out."""
+        k = min(self.k, len(self.bank) - (own is not None))
+        extra = 1 if own is not None else 0
+        d, i = NearestNeighbors(n_neighbors=k + extra).fit(self._space(self.bank)).kneighbors(self._space(projected))
+        if own is not None:
+            keep = i != own[:, None]
+            keep &= np.cumsum(keep, axis=1) <= k
+            d = np.where(keep, d, 0.0).sum(1) / k
+        else:
+            d = d.mean(1)
+        if self.metric == "euclidean":
+            return np.sqrt(d**2 + projected[:, -1] ** 2)
+        return d
+
+    def typicality(self, coords: np.ndarray, margins: np.ndarray | None = None) -> np.ndarray:
+        """Conformal p-values in (0, 1]; each cell's depends on that cell alone."""
         d = self.distances(coords)
-        big = len(d) >= self.min_cells_shift
-        shift = max(1.0, float(np.quantile(d, 0.25) / np.quantile(self.calibration, 0.25))) if big else 1.0
-        n_ge = len(self.calibration) - np.searchsorted(self.calibration, d / shift, side="left")
+        n_ge = len(self.calibration) - np.searchsorted(self.calibration, d, side="left")
         p = (1.0 + n_ge) / (1.0 + len(self.calibration))
         if margins is not None and self.margin_calibration is not None and len(self.margin_calibration):
             cal = self.margin_calibration
-            m_shift = min(1.0, float(np.quantile(margins, 0.75) / np.quantile(cal, 0.75))) if big else 1.0
-            n_le = np.searchsorted(cal, margins / max(m_shift, 1e-6), side="right")
-            p_margin = (1.0 + n_le) / (1.0 + len(cal))
+            p_margin = (1.0 + np.searchsorted(cal, margins, side="right")) / (1.0 + len(cal))
             p = np.minimum(1.0, 2.0 * np.minimum(p, p_margin))
-        return p, shift
+        return p
 
     def to_tensors(self) -> dict[str, np.ndarray]:
         t = {"novelty.components": self.components, "novelty.center": self.center,
@@ -89,9 +103,9 @@ class NoveltyScorer:
         return t
 
     @classmethod
-    def from_tensors(cls, t: dict, k: int) -> "NoveltyScorer":
+    def from_tensors(cls, t: dict, k: int, metric: str = "euclidean") -> "NoveltyScorer":
         return cls(t["novelty.components"], t["novelty.center"], t["novelty.bank"], t["novelty.calibration"],
-                   t.get("novelty.margin_calibration"), k=k)
+                   t.get("novelty.margin_calibration"), k=k, metric=metric)
 
 
 def margins(logits: np.ndarray, anchors: np.ndarray) -> np.ndarray:
@@ -100,10 +114,16 @@ def margins(logits: np.ndarray, anchors: np.ndarray) -> np.ndarray:
     return (logits * anchors[best.argmax(1)]).mean(1)
 
 
-def fit_novelty(X, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, *, seed: int,
-                val_margins: np.ndarray | None = None,
-                n_comps: int = 30, bank_size: int = 1000, k: int = 10) -> NoveltyScorer:
-    """Fit the PCA on (a sample of) the training cells, build the bank, calibrate on the other cells."""
+def fit_novelty(X, y: np.ndarray, train_idx: np.ndarray, *, seed: int, calibration_rows, logits,
+                anchors: np.ndarray, margin_rows=None, n_comps: int = 30, bank_size: int = 1000, k: int = 10,
+                n_calibration: int = 20000) -> NoveltyScorer:
+    """Fit the PCA on (a sample of) the training cells, build the bank and calibrate.
+
+    ``calibration_rows(idx)`` returns the reference rows ``idx`` as they are calibrated on
+    (augmented when the network was trained with augmentation), ``logits(rows)`` the
+    network's pre-tanh outputs, of ``margin_rows(idx)`` where the network's input is scaled
+    otherwise (``scale="batch"``).
+    """
     rng = np.random.default_rng(seed)
     fit_idx = np.sort(rng.choice(train_idx, min(len(train_idx), 20000), replace=False))
     rows = X.rows(fit_idx)
@@ -113,27 +133,20 @@ def fit_novelty(X, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, *,
     scorer = NoveltyScorer(pca.components_.astype(np.float32), pca.mean_.astype(np.float32),
                            np.zeros((0, n_comps + 1), np.float32), np.zeros(0, np.float32), k=k)
     scorer.bank = scorer.project(X.rows(bank_idx))
-    # Calibrate on held-out cells and on training cells outside the bank: neither is its own
-    # neighbour, and many cells give p-values fine enough for a small alpha.
-    pool = np.setdiff1d(np.concatenate([val_idx, train_idx]), bank_idx)
-    if len(pool) < 200:  # a small reference: every cell, each scored without itself
-        cal = _leave_self_out(scorer, scorer.project(X.rows(bank_idx)))
-        pool_d = scorer.distances(scorer.project(X.rows(pool))) if len(pool) else np.zeros(0)
-        cal = np.concatenate([cal, pool_d])
-    else:
-        pool = np.sort(rng.choice(pool, min(len(pool), 20000), replace=False))
-        cal = scorer.distances(scorer.project(X.rows(pool)))
-    scorer.calibration = np.sort(cal).astype(np.float32)
-    if val_margins is not None:
-        scorer.margin_calibration = np.sort(val_margins).astype(np.float32)
+    # every reference cell may calibrate (a bank cell is scored without itself), so small
+    # references still give p-values fine enough for a small alpha
+    cal_idx = np.sort(rng.choice(len(y), min(len(y), n_calibration), replace=False))
+    own = np.full(len(y), -1, dtype=np.int64)
+    own[bank_idx] = np.arange(len(bank_idx))
+    d, m = [], []
+    for s in range(0, len(cal_idx), 4096):
+        part = cal_idx[s : s + 4096]
+        z = calibration_rows(part)
+        d.append(scorer.distances(scorer.project(z), own=own[part]))
+        m.append(margins(logits(z if margin_rows is None else margin_rows(part)), anchors))
+    scorer.calibration = np.sort(np.concatenate(d)).astype(np.float32)
+    scorer.margin_calibration = np.sort(np.concatenate(m)).astype(np.float32)
     return scorer
-
-
-def _leave_self_out(scorer: NoveltyScorer, projected: np.ndarray) -> np.ndarray:
-    """Distances of bank cells to the bank, each leaving itself out."""
-    k = min(scorer.k, len(scorer.bank) - 1)
-    d, _ = NearestNeighbors(n_neighbors=k + 1).fit(scorer.bank[:, :-1]).kneighbors(projected[:, :-1])
-    return np.sqrt(d[:, 1:].mean(1) ** 2 + projected[:, -1] ** 2)
 
 
 def _stratified(idx: np.ndarray, y: np.ndarray, size: int, rng) -> np.ndarray:

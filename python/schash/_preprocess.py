@@ -9,9 +9,11 @@ every dataset (see ``bench/accuracy.py``):
     ``"rank"`` — per cell, the rank of each expressed gene among the expressed
     genes, in (0, 1]; robust to technology- and species-specific scaling.
 ``scale``
-    ``"batch"`` — each reference batch, and each query, is standardised gene by
-    gene with its own mean and SD (the default; removes per-dataset shifts);
-    ``"reference"`` — everything is standardised with the reference's statistics.
+    ``"reference"`` — everything is standardised gene by gene with the reference's mean
+    and SD (the default): a cell's features, and so its call, depend on that cell alone;
+    ``"batch"`` — each reference batch, and each query (or each ``batch_key`` group of
+    it), is standardised with its own mean and SD.  This removes per-dataset shifts but
+    makes calls depend on the query's composition (a query of one cell type fails).
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ class Preprocessor:
     ref_mean: np.ndarray
     ref_std: np.ndarray
     transform: str = "log"
-    scale: str = "batch"
+    scale: str = "reference"
     target_sum: float = 1e4
     min_cells_own_scaling: int = 50
     clip: float = 10.0

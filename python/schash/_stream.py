@@ -35,7 +35,6 @@ class Encoded:
     typicality: np.ndarray
     empty: np.ndarray
     n_genes_matched: int
-    shift: float
 
 
 class Source:
@@ -132,5 +131,5 @@ def encode_pass(model, data, *, genes=None, layer=None, batch_key=None, groups=N
                                  present, pre.clip, structure=block.structure)
         coords.append(model.novelty.project(ref_block))
         margin.append(margins(logits, model.anchors))
-    typ, shift = model.novelty.typicality(np.concatenate(coords), np.concatenate(margin))
-    return Encoded(src.cells, np.concatenate(codes), typ, nnz == 0, n_matched, shift)
+    typ = model.novelty.typicality(np.concatenate(coords), np.concatenate(margin))
+    return Encoded(src.cells, np.concatenate(codes), typ, nnz == 0, n_matched)

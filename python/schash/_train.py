@@ -37,6 +37,11 @@ class TrainConfig:
     warmup_epochs: int = 5
     num_threads: int | None = None
     dense_limit_bytes: int = 1 << 30
+    # augmentation that imitates technology shifts (log-expression inputs only); 0 turns a part off
+    augment: float = 0.0  # fraction of training cells augmented in each epoch
+    aug_gene_sd: float = 0.5  # SD of the gene-wise log factor (capture efficiency of each gene)
+    aug_cell_sd: float = 0.2  # SD of the cell-wise log factor (share of the library on the model's genes)
+    aug_dropout: float = 0.3  # largest fraction of a cell's non-zero values set to zero
 
 
 def resolve_device(device: str) -> torch.device:
@@ -62,12 +67,20 @@ def sizes_from_data(n_train: int, cfg: TrainConfig) -> tuple[int, int, int]:
     return bs, epochs, patience
 
 
-def split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified train/validation indices; at least one validation cell per type."""
+def split(y: np.ndarray, fraction: float, seed: int, min_cells: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified train/validation indices: one validation cell or more of each type that has at
+    least ``min_cells`` cells; rarer types are kept whole for training."""
     idx = np.arange(len(y))
-    n_val = max(int(round(fraction * len(y))), len(np.unique(y)))
-    tr, va = train_test_split(idx, test_size=n_val, stratify=y, random_state=seed)
-    return np.sort(tr), np.sort(va)
+    types, counts = np.unique(y, return_counts=True)
+    pool = idx[np.isin(y, types[counts >= min_cells])]
+    n_types = int((counts >= min_cells).sum())
+    if n_types < 2:  # too few cells to validate by type: a plain random split
+        rng = np.random.default_rng(seed)
+        va = rng.choice(idx, max(1, int(round(fraction * len(y)))), replace=False)
+        return np.setdiff1d(idx, va), np.sort(va)
+    n_val = min(max(int(round(fraction * len(pool))), n_types), len(pool) - n_types)
+    tr, va = train_test_split(pool, test_size=n_val, stratify=y[pool], random_state=seed)
+    return np.sort(np.concatenate([tr, idx[~np.isin(idx, pool)]])), np.sort(va)
 
 
 def predict_anchor(out: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
@@ -76,11 +89,71 @@ def predict_anchor(out: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     return (code @ anchors.T).argmax(1)
 
 
-def _batches(X, idx: np.ndarray, bs: int, dense: torch.Tensor | None, device):
+class _Rows:
+    """Training rows: transformed features, augmented (optionally) and then standardised per group.
+
+    Held dense in torch when small (``dense_limit_bytes``), else made dense a batch at a time.
+    Augmentation acts on the log scale before standardisation, as a technology would: a
+    gene-wise factor (each gene's capture efficiency), a cell-wise factor and the loss of
+    some non-zero values; zeros stay zeros.
+    """
+
+    def __init__(self, X, cfg: TrainConfig, log_scale: bool):
+        from scipy import sparse
+
+        F = X.F
+        self.F, self.cfg, self.log_scale = F, cfg, log_scale
+        self.dense = None
+        if F.shape[0] * F.shape[1] * 4 <= cfg.dense_limit_bytes:
+            self.dense = torch.from_numpy(np.asarray(F.toarray() if sparse.issparse(F) else F, dtype=np.float32))
+        self.mean = torch.from_numpy(np.asarray(X.mean, dtype=np.float32))
+        self.std = torch.from_numpy(np.asarray(X.std, dtype=np.float32))
+        self.groups = torch.from_numpy(np.asarray(X.groups, dtype=np.int64))
+        self.clip = float(X.clip)
+
+    def get(self, b: np.ndarray, gen: torch.Generator | None = None) -> torch.Tensor:
+        from scipy import sparse
+
+        tb = torch.from_numpy(b)
+        if self.dense is not None:
+            x = self.dense[tb]
+        else:
+            block = self.F[b]
+            x = torch.from_numpy(np.asarray(block.toarray() if sparse.issparse(block) else block, dtype=np.float32))
+        if gen is not None and self.cfg.augment > 0 and self.log_scale:
+            x = augment(x, self.cfg, gen)
+        g = self.groups[tb]
+        return ((x - self.mean[g]) / self.std[g]).clamp_(-self.clip, self.clip)
+
+
+def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """Technology-like perturbation of log1p-scale rows (see :class:`_Rows`)."""
+    n, g = x.shape
+    lin = torch.expm1(x)
+    log_f = torch.randn(n, g, generator=gen) * cfg.aug_gene_sd + torch.randn(n, 1, generator=gen) * cfg.aug_cell_sd
+    lin = lin * torch.exp(log_f)
+    if cfg.aug_dropout > 0:
+        rate = torch.rand(n, 1, generator=gen) * cfg.aug_dropout
+        lin = lin * (torch.rand(n, g, generator=gen) >= rate)
+    chosen = torch.rand(n, 1, generator=gen) < cfg.augment
+    return torch.where(chosen, torch.log1p(lin), x)
+
+
+def calibration_rows(X, cfg: TrainConfig, log_scale: bool, seed: int):
+    """``rows(idx)``: reference rows as novelty calibration sees them — augmented as in training
+    (every cell), so that p-values expect a query from another technology; plain when the
+    model trains without augmentation or on ranks."""
+    from dataclasses import replace
+
+    rows = _Rows(X, replace(cfg, augment=1.0 if cfg.augment > 0 else 0.0), log_scale)
+    gen = torch.Generator().manual_seed(seed + 1)
+    return lambda idx: rows.get(np.asarray(idx), gen).numpy()
+
+
+def _batches(rows: _Rows, idx: np.ndarray, bs: int, device, gen=None):
     for s in range(0, len(idx), bs):
         b = idx[s : s + bs]
-        xb = dense[torch.from_numpy(b)] if dense is not None else torch.from_numpy(X.rows(b))
-        yield b, xb.to(device)
+        yield b, rows.get(b, gen).to(device)
 
 
 class _threads:
@@ -101,15 +174,16 @@ class _threads:
         torch.set_num_threads(self.before)
 
 
-def train_network(X, y: np.ndarray, anchors: np.ndarray, *, cfg: TrainConfig, seed: int, device: str, progress: bool):
+def train_network(X, y: np.ndarray, anchors: np.ndarray, *, cfg: TrainConfig, seed: int, device: str, progress: bool,
+                  log_scale: bool = True):
     """Train a :class:`HashMLP`; returns (module on CPU in eval mode, history, validation indices)."""
     bs, _, _ = sizes_from_data(len(y), cfg)
     n_threads = cfg.num_threads or (1 if bs * X.shape[1] <= 512 * 1000 else None)
     with _threads(n_threads):
-        return _train(X, y, anchors, cfg=cfg, seed=seed, device=device, progress=progress)
+        return _train(X, y, anchors, cfg=cfg, seed=seed, device=device, progress=progress, log_scale=log_scale)
 
 
-def _train(X, y, anchors, *, cfg, seed, device, progress):
+def _train(X, y, anchors, *, cfg, seed, device, progress, log_scale):
     from tqdm.auto import tqdm
 
     torch.manual_seed(seed)
@@ -118,10 +192,8 @@ def _train(X, y, anchors, *, cfg, seed, device, progress):
     n_types = anchors.shape[0]
     tr, va = split(y, cfg.val_fraction, seed)
     bs, epochs, patience = sizes_from_data(len(tr), cfg)
-    dense = None
-    if X.shape[0] * X.shape[1] * 4 <= cfg.dense_limit_bytes:
-        dense = torch.from_numpy(np.concatenate([X.rows(np.arange(s, min(s + 65536, X.shape[0])))
-                                                 for s in range(0, X.shape[0], 65536)]))
+    rows = _Rows(X, cfg, log_scale)
+    gen = torch.Generator().manual_seed(seed)
     model = HashMLP(X.shape[1], anchors.shape[1], cfg.hidden, cfg.dropout).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     A = torch.from_numpy(anchors).to(dev)
@@ -134,7 +206,7 @@ def _train(X, y, anchors, *, cfg, seed, device, progress):
     for epoch in bar:
         model.train()
         total, count = 0.0, 0
-        for b, xb in _batches(X, rng.permutation(tr), bs, dense, dev):
+        for b, xb in _batches(rows, rng.permutation(tr), bs, dev, gen):
             yb = y_t[b].to(dev)
             out = model(xb)
             loss = _loss(out, target[yb], w[yb], cfg.quant_weight)
@@ -143,7 +215,7 @@ def _train(X, y, anchors, *, cfg, seed, device, progress):
             opt.step()
             total += loss.item() * len(b)
             count += len(b)
-        val_loss, f1, acc = _evaluate(model, X, y, va, bs, dense, dev, A, target, w, cfg.quant_weight)
+        val_loss, f1, acc = _evaluate(model, rows, y, va, bs, dev, A, target, w, cfg.quant_weight)
         for key, val in zip(history, (epoch + 1, total / count, val_loss, f1, acc)):
             history[key].append(val)
         bar.set_postfix(loss=f"{total / count:.3f}", val_f1=f"{f1:.3f}")
@@ -177,10 +249,10 @@ def _loss(out, target, weight, quant_weight):
 
 
 @torch.no_grad()
-def _evaluate(model, X, y, va, bs, dense, dev, A, target, w, quant_weight):
+def _evaluate(model, rows, y, va, bs, dev, A, target, w, quant_weight):
     model.eval()
     preds, losses = [], []
-    for b, xb in _batches(X, va, bs * 4, dense, dev):
+    for b, xb in _batches(rows, va, bs * 4, dev):
         out = model(xb)
         yb = torch.from_numpy(y[b].astype(np.int64)).to(dev)
         losses.append(float(_loss(out, target[yb], w[yb], quant_weight)) * len(b))
