@@ -1,4 +1,5 @@
-"""The two verbs: :func:`train` a model on a labelled reference, :func:`annotate` an AnnData with it."""
+"""The two verbs: :func:`train` a model on a labelled reference, :func:`annotate` an AnnData with it
+(:mod:`schash._annotate`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from . import _hamming
+from . import _args, _hamming
 from ._anchors import make_anchors
+from ._annotate import _check_call_args, annotate, write_annotation  # noqa: F401 - the public verbs live here
 from ._data import Expr, _is_anndata, extract
 from ._errors import InputError, LabelKeyError
 from ._logging import logger
@@ -20,7 +22,11 @@ from ._train import TrainConfig, train_network
 
 
 def _column(expr, values, key, what):
-    """Labels or batches from an obs column (``key``) or a vector (``values``), as strings."""
+    """Labels or batches from an obs column (``key``) or a vector (``values``), as strings.
+
+    A pandas Series is matched to the cells by its index (cell names); a bare array or list,
+    or a Series with a default 0..n-1 index, by position.
+    """
     if key is not None:
         if expr.obs is None:
             raise InputError(f"{what}_key= needs AnnData input; for a matrix pass the {what}s as a vector")
@@ -28,9 +34,11 @@ def _column(expr, values, key, what):
             raise LabelKeyError(
                 f"{what} column {key!r} is not in obs; available columns: {list(expr.obs.columns)}"
             )
-        values = expr.obs[key]
+        values = expr.obs[key].to_numpy()  # the obs column is aligned to the cells already
     if values is None:
         return None
+    if isinstance(values, pd.Series):
+        values = _by_cell_name(values, expr.cells, what)
     values = pd.Series(np.asarray(values, dtype=object))
     if len(values) != len(expr.cells):
         extra = " (it matches the number of genes: is the matrix genes × cells? pass X.T)" \
@@ -42,6 +50,61 @@ def _column(expr, values, key, what):
             f"{int(missing.sum())} cells have a missing {what} (NA); remove those cells or give them a {what}"
         )
     return values.astype(str).to_numpy()
+
+
+def _by_cell_name(values: pd.Series, cells: pd.Index, what: str) -> np.ndarray:
+    """The values of a Series in the order of ``cells``, matched by name."""
+    index = values.index
+    if isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1 and len(index) == len(cells) \
+            and not cells.equals(index.astype(str)):
+        return values.to_numpy()  # pd.Series(list): no names to match, so by position
+    names = index.astype(str)
+    if names.equals(cells):
+        return values.to_numpy()
+    fix = f"; or pass {what}s.to_numpy() to match them to the cells by position"
+    if names.has_duplicates:
+        raise InputError(f"the {what}s Series has repeated cell names in its index "
+                         f"(e.g. {list(names[names.duplicated()][:3])}){fix}")
+    if cells.has_duplicates:
+        raise InputError(f"the cell names are not unique (e.g. {list(cells[cells.duplicated()][:3])}), so the "
+                         f"{what}s Series cannot be matched to them by name; make them unique "
+                         f"(adata.obs_names_make_unique()){fix}")
+    pos = names.get_indexer(cells)
+    if (pos < 0).any():
+        missing = cells[pos < 0]
+        raise InputError(f"{len(missing)} cells have no {what} in the Series given (matched by cell name), "
+                         f"e.g. {list(missing[:5])}; its index must hold every cell name{fix}")
+    return values.to_numpy()[pos]
+
+
+def _check_train_args(a: dict) -> None:
+    """Every argument of :func:`train` that is not data, before anything is read."""
+    from ._preprocess import SCALES, TRANSFORMS
+
+    _args.whole("n_bits", a["n_bits"], minimum=8)
+    if a["n_bits"] % 8:
+        raise InputError(f"n_bits must be a multiple of 8 (got {a['n_bits']}); 64 is the default")
+    _args.whole("n_top_genes", a["n_top_genes"], none_ok=True, hint=" (None: all genes)")
+    _args.choice("transform", a["transform"], TRANSFORMS)
+    _args.choice("scale", a["scale"], SCALES)
+    _args.whole("min_cells_per_type", a["min_cells_per_type"])
+    _args.whole("max_cells_per_type", a["max_cells_per_type"], none_ok=True, hint=" (None: every cell)")
+    _args.whole("batch_size", a["batch_size"], none_ok=True, hint=" (None: chosen from the data size)")
+    _args.whole("max_epochs", a["max_epochs"], none_ok=True, hint=" (None: chosen from the data size)")
+    _args.whole("num_threads", a["num_threads"], none_ok=True)
+    _args.whole("seed", a["seed"], minimum=0)
+    hidden = a["hidden"]
+    if not isinstance(hidden, (tuple, list)):
+        raise InputError(f"hidden must be a tuple of layer widths like (128, 64), got {hidden!r}")
+    for width in hidden:
+        _args.whole("each hidden layer width", width)
+    _args.number("dropout", a["dropout"], lo=0, hi=1, hi_open=True)
+    _args.number("lr", a["lr"], lo=0, lo_open=True)
+    _args.number("prune_quantile", a["prune_quantile"], lo=0, hi=1)
+    _args.number("novelty_alpha", a["novelty_alpha"], lo=0, hi=1)
+    keys = a["reference_keys"]
+    if keys is not None and (isinstance(keys, str) or not all(isinstance(k, str) for k in keys)):
+        raise InputError(f"reference_keys must be a list of obs column names, got {keys!r}")
 
 
 def train(
@@ -70,7 +133,7 @@ def train(
     seed: int = 0,
     device: str = "auto",
     num_threads: int | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> SchashModel:
     """Train a schash model on a labelled reference.
 
@@ -113,13 +176,15 @@ def train(
     seed, device, num_threads, progress
         Random seed (same seed, CPU and thread count give the same model),
         ``"auto"``/``"cpu"``/``"cuda"``, torch CPU threads while training (``None``: one
-        thread for small networks, torch's default otherwise), and whether to show a
-        progress bar.
+        thread for small networks, torch's default otherwise), and whether to show
+        progress bars (``None``: only when stderr is an interactive terminal).
 
     Returns
     -------
     A :class:`SchashModel`; ``model.history`` holds the per-epoch losses and validation scores.
     """
+    _check_train_args(locals())
+    progress = _args.progress(progress)
     path = data if isinstance(data, (str, os.PathLike)) else None
     meta = _reference_meta(path) if path is not None else extract(data, genes, layer=layer)
     y_all = _column(meta, labels, cell_type_key, "cell type")
@@ -266,67 +331,3 @@ def _encode_rows(module, X, keep_logits: np.ndarray, chunk: int = 8192) -> tuple
         codes.append(_hamming.pack(logits))
         kept.append(logits[np.isin(rows, keep_logits)])
     return np.concatenate(codes), np.concatenate(kept)
-
-
-def annotate(
-    adata,
-    model: SchashModel,
-    *,
-    layer: str | None = None,
-    method: str = "anchor",
-    k: int = 15,
-    batch_key: str | None = None,
-    neighbors: int | None = None,
-    key_added: str = "schash",
-    copy: bool = False,
-    progress: bool = False,
-):
-    """Annotate an AnnData in place (or a copy), scanpy-style.
-
-    Writes
-    ------
-    ``obs[f"{key_added}_label"]``, ``obs[f"{key_added}_pruned_label"]`` (categorical),
-    ``obs[f"{key_added}_distance"]``, ``obs[f"{key_added}_delta_next"]``,
-    ``obs[f"{key_added}_typicality"]``, ``obs[f"{key_added}_confidence"]`` (float),
-    ``obsm[f"X_{key_added}"]`` (the packed codes, uint8, n_bits/8 columns) and
-    ``uns[key_added]`` (the parameters and gene overlap).  With ``neighbors=k``, also the
-    composition of the ``k`` nearest reference cells: ``obsm[f"{key_added}_cell_type_composition"]``
-    and, when the reference had batches, ``obsm[f"{key_added}_batch_composition"]`` (DataFrames,
-    rows sum to 1) and ``obs[f"{key_added}_neighbor_batch"]`` (the majority batch).
-
-    Returns
-    -------
-    The annotated copy when ``copy=True``, else ``None``.
-    """
-    if not _is_anndata(adata):
-        raise InputError("annotate() takes an AnnData; for a matrix use model.predict(X, genes=...)")
-    enc = model._pass(adata, layer=layer, batch_key=batch_key, progress=progress)
-    df = model.call(enc, method=method, k=k)
-    if copy:
-        adata = adata.copy()
-    write_annotation(adata, model, enc, df, method=method, k=k, layer=layer, batch_key=batch_key,
-                     neighbors=neighbors, key_added=key_added, progress=progress)
-    return adata if copy else None
-
-
-def write_annotation(adata, model, enc, df, *, method, k, layer, batch_key, neighbors=None, key_added="schash",
-                     progress=False):
-    """Write a finished annotation into ``adata`` (the fields listed in :func:`annotate`)."""
-    for col in df.columns:
-        adata.obs[f"{key_added}_{col}"] = df[col].values
-    adata.obsm[f"X_{key_added}"] = enc.codes
-    if neighbors:
-        idx, _ = _hamming.knn_indices(enc.codes, model.ref_codes, neighbors, progress=progress)
-        for by in model.reference_obs().columns:
-            comp = model.composition(None, by=by, _neighbors=(adata.obs_names, idx))
-            adata.obsm[f"{key_added}_{by}_composition"] = comp
-            if by == "batch":
-                adata.obs[f"{key_added}_neighbor_batch"] = pd.Categorical(comp.idxmax(axis=1))
-    adata.uns[key_added] = {
-        "params": {"method": method, "k": k, "neighbors": neighbors, "layer": layer, "batch_key": batch_key,
-                   "n_bits": model.n_bits, "threshold": model.threshold,
-                   "novelty_alpha": model.params.get("novelty_alpha", 0.02)},
-        "n_genes_matched": enc.n_genes_matched,
-        "n_genes_model": len(model.pre.genes),
-        "typicality_shift": enc.shift,
-    }
