@@ -274,6 +274,9 @@ def test_load_reads_the_file_once(synth_model, tmp_path, monkeypatch):
             opened.append(file)
         return real_open(file, *args, **kwargs)
 
+    import safetensors.numpy
+
     monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(safetensors.numpy, "load_file", lambda *a, **k: pytest.fail("opened the file again"))
     schash.load(path)
     assert len(opened) == 1
