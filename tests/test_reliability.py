@@ -261,3 +261,12 @@ def test_no_bars_in_logs_by_default(synth_model, query, small, capsys):
     assert "schash" not in capsys.readouterr().err
     synth_model.predict(query, progress=True)
     assert "schash encode" in capsys.readouterr().err
+
+
+def test_saliency_groups_from_a_series_are_matched_by_cell_name(synth_model, query):
+    by = query.obs["cell_type"].astype(str)
+    a = synth_model.saliency(query, by=by)
+    b = synth_model.saliency(query, by=by.sample(frac=1, random_state=0))
+    pd.testing.assert_frame_equal(a, b)
+    with pytest.raises(schash.InputError, match="n must be"):
+        schash.top_genes(a, n=0)
