@@ -108,6 +108,7 @@ def test_neighbors_arguments_are_checked(synth_model, query):
         (dict(transform="sqrt"), "transform must be one of"),
         (dict(hidden=(64, 0)), "hidden layer width"),
         (dict(progress="yes"), "progress must be"),
+        (dict(device="gpu0"), "device must be"),
     ],
 )
 def test_train_arguments_are_checked_before_any_work(small, kwargs, message, monkeypatch):

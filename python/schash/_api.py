@@ -102,6 +102,7 @@ def _check_train_args(a: dict) -> None:
     _args.number("lr", a["lr"], lo=0, lo_open=True)
     _args.number("prune_quantile", a["prune_quantile"], lo=0, hi=1)
     _args.number("novelty_alpha", a["novelty_alpha"], lo=0, hi=1)
+    _check_device(a["device"])
     keys = a["reference_keys"]
     if keys is not None and (isinstance(keys, str) or not all(isinstance(k, str) for k in keys)):
         raise InputError(f"reference_keys must be a list of obs column names, got {keys!r}")
@@ -234,6 +235,19 @@ def train(
     model.ref_meta = {key: pd.Categorical(values[db_rows]) for key, values in extra.items()}
     model.params["n_reference_cells"] = int(len(model.ref_labels))
     return model
+
+
+def _check_device(device) -> None:
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"device must be 'auto', 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device={device!r} but this torch has no usable CUDA GPU; use device='cpu' or 'auto'")
 
 
 def _reference_meta(path) -> Expr:
