@@ -71,9 +71,9 @@ def test_help_states_overwrite(capsys):
 
 
 def test_a_failed_h5ad_write_keeps_the_old_output_and_no_temp(files, capsys, tmp_path, monkeypatch):
-    out = tmp_path / "out.h5ad"
-    assert _annotate(files, "-o", str(out)) == 0
-    before = _digest(out)
+    out, csv = tmp_path / "out.h5ad", tmp_path / "out.csv"
+    assert _annotate(files, "-o", str(out), "--csv", str(csv)) == 0
+    before = _digest(out), _digest(csv), csv.stat().st_ino
 
     def disk_full(self, filename, *a, **k):
         with open(filename, "wb") as fh:
@@ -81,9 +81,10 @@ def test_a_failed_h5ad_write_keeps_the_old_output_and_no_temp(files, capsys, tmp
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ad.AnnData, "write_h5ad", disk_full)
-    assert _annotate(files, "-o", str(out), "--overwrite") == 2
+    assert _annotate(files, "-o", str(out), "--csv", str(csv), "--overwrite") == 2
     _one_line_error(capsys, "No space left")
-    assert _digest(out) == before and os.listdir(tmp_path) == ["out.h5ad"]
+    # neither file changed (the CSV is placed only after the .h5ad is complete), no temp file left
+    assert (_digest(out), _digest(csv), csv.stat().st_ino) == before and sorted(os.listdir(tmp_path)) == ["out.csv", "out.h5ad"]
 
 
 # -- 5 and 7: bad arguments and every other error: one line, exit 2 ---------------------------------

@@ -55,7 +55,7 @@ def _column(expr, values, key, what):
 def _by_cell_name(values: pd.Series, cells: pd.Index, what: str) -> np.ndarray:
     """The values of a Series in the order of ``cells``, matched by name."""
     index = values.index
-    if isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1 and len(index) == len(cells) \
+    if isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1 \
             and not cells.equals(index.astype(str)):
         return values.to_numpy()  # pd.Series(list): no names to match, so by position
     names = index.astype(str)

@@ -128,13 +128,20 @@ def _annotate(args) -> None:
         query = _read_h5ad(args.query)
         write_annotation(query, model, enc, df, method=args.method, k=args.k, layer=args.layer,
                          batch_key=args.batch_key)
-    if args.csv:
-        table = df.add_prefix("schash_")
-        write_atomic(args.csv, lambda tmp: table.to_csv(tmp), overwrite=args.overwrite, inputs=inputs,
-                     flag="--overwrite")
+    table = df.add_prefix("schash_")
+
+    def write_csv():
+        write_atomic(args.csv, lambda t: table.to_csv(t), overwrite=args.overwrite, inputs=inputs, flag="--overwrite")
+
+    def write_both(tmp):  # the CSV is placed only once the .h5ad is complete, and the .h5ad right after
+        query.write_h5ad(tmp)
+        if args.csv:
+            write_csv()
+
     if query is not None:
-        write_atomic(args.output, lambda tmp: query.write_h5ad(tmp), overwrite=args.overwrite, inputs=inputs,
-                     flag="--overwrite")
+        write_atomic(args.output, write_both, overwrite=args.overwrite, inputs=inputs, flag="--overwrite")
+    else:
+        write_csv()
     print(f"annotated {len(df)} cells ({enc.n_genes_matched} of {len(model.genes)} model genes found, input "
           f"detected as {enc.kind}); written to {' and '.join(outputs)}")
     print(df["pruned_label"].value_counts().to_string())
