@@ -89,6 +89,10 @@ def _bank_width(m, t):
     t["novelty.bank"] = t["novelty.bank"][:, :-2].copy()
 
 
+def _unassigned_type(m, t):
+    m["cell_types"][0] = "Unassigned"
+
+
 def _fewer_codes(m, t):
     t["ref_codes"] = t["ref_codes"][:-3].copy()
 
@@ -106,6 +110,7 @@ def _fewer_codes(m, t):
         (_short_layer, "net.*shape"),
         (_bank_width, "novelty.bank.*shape"),
         (_fewer_codes, "ref_labels.*shape"),
+        (_unassigned_type, "reserved"),
     ],
 )
 def test_inconsistent_model_file_is_refused(model_bytes, tmp_path, edit, message):

@@ -66,6 +66,12 @@ def test_add_reference_aligns_a_series_by_cell_name(synth_model, synth):
     assert (added["batch"].astype(str).to_numpy() == new.obs["batch"].astype(str).to_numpy()).all()
 
 
+def test_a_cell_type_named_unassigned_is_refused(small):
+    labels = small.obs["cell_type"].astype(str).replace({"type_0": "Unassigned"})
+    with pytest.raises(schash.InputError, match="reserves"):
+        schash.train(small, labels, **FAST)
+
+
 # -- 5: every numeric argument is checked at the boundary ------------------------------------------
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from ._annotate import _check_call_args, annotate, write_annotation  # noqa: F40
 from ._data import Expr, _is_anndata, extract
 from ._errors import InputError, LabelKeyError
 from ._logging import logger
-from ._model import SchashModel
+from ._model import UNASSIGNED, SchashModel
 from ._novelty import fit_novelty, margins
 from ._preprocess import ScaledMatrix, SparseScaled, fit_preprocessor
 from ._train import TrainConfig, train_network
@@ -49,7 +49,11 @@ def _column(expr, values, key, what):
         raise InputError(
             f"{int(missing.sum())} cells have a missing {what} (NA); remove those cells or give them a {what}"
         )
-    return values.astype(str).to_numpy()
+    values = values.astype(str).to_numpy()
+    if what == "cell type" and (values == UNASSIGNED).any():
+        raise InputError(f"{int((values == UNASSIGNED).sum())} cells have the cell type {UNASSIGNED!r}, which schash "
+                         "reserves for the cells it leaves unassigned; rename that type or leave those cells out")
+    return values
 
 
 def _by_cell_name(values: pd.Series, cells: pd.Index, what: str) -> np.ndarray:

@@ -91,7 +91,8 @@ def check_meta(meta, path) -> None:
     for key in ("cell_types", "threshold", "module", "preprocessing", "novelty_k", "params"):
         if key not in meta:
             c.fail(f"the metadata has no {key!r} field")
-    c.strings("cell_types", meta["cell_types"], min_len=2)
+    if "Unassigned" in c.strings("cell_types", meta["cell_types"], min_len=2):
+        c.fail("'Unassigned' is listed as a cell type; it is reserved for unassigned cells")
     mod = c.dict_("module", meta["module"])
     if set(mod) != {"n_genes", "n_bits", "hidden", "dropout"}:
         c.fail(f"module has fields {sorted(mod)}, expected n_genes, n_bits, hidden, dropout")
