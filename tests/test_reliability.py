@@ -277,3 +277,22 @@ def test_saliency_groups_from_a_series_are_matched_by_cell_name(synth_model, que
     pd.testing.assert_frame_equal(a, b)
     with pytest.raises(schash.InputError, match="n must be"):
         schash.top_genes(a, n=0)
+
+
+def test_kind_of_a_mostly_empty_input_does_not_depend_on_chunk_size(synth_model):
+    from conftest import make_counts
+    from schash._stream import Source
+
+    big = make_counts(n_cells=6000, n_genes=300, seed=9)
+    marker = sparse.csr_matrix((np.arange(1, 6001, dtype=np.float32), (np.arange(6000), np.zeros(6000, int))),
+                               shape=(6000, 300))
+    sampled = np.asarray(Source(marker, genes=list(big.var_names)).sample().max(axis=1).todense()).ravel()
+    unseen = np.setdiff1d(np.arange(6000), sampled.astype(int) - 1)
+    X = big.X.toarray()
+    X[np.setdiff1d(np.arange(6000), unseen[-200:])] = 0  # the only counts are in rows the sample skips
+    big.X = sparse.csr_matrix(X)
+    a = synth_model.predict(big, chunk_size=500)
+    b = synth_model.predict(big, chunk_size=6000)
+    assert (a["label"] == b["label"]).all()
+    schash.annotate(big, synth_model, chunk_size=500)
+    assert big.uns["schash"]["input_kind"] == "counts"

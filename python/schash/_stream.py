@@ -76,7 +76,13 @@ class Source:
         size = max(1, n_rows // n_blocks)
         starts = np.unique(np.linspace(0, self.n - size, n_blocks).astype(np.int64))
         blocks = [_as_matrix(_rows(self.matrix, int(a), int(a) + size)) for a in starts]
-        return sparse.vstack([sparse.csr_matrix(b) for b in blocks]).tocsr()
+        out = sparse.vstack([sparse.csr_matrix(b) for b in blocks]).tocsr()
+        if out.count_nonzero() == 0:  # nearly all cells empty: the first rows (in fixed blocks) that are not
+            for a in range(0, self.n, n_rows):
+                block = sparse.csr_matrix(_as_matrix(_rows(self.matrix, a, min(a + n_rows, self.n))))
+                if block.count_nonzero():
+                    return block
+        return out
 
     def groups(self, batch_key):
         if batch_key is None:
