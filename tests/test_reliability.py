@@ -162,6 +162,14 @@ def test_rerun_removes_fields_of_the_earlier_run(synth_model, query, tmp_path):
         assert a.uns["schash"]["params"]["neighbors"] is None or "neighbors" in a.uns["schash"]["params"]
 
 
+def test_rerun_over_an_annotation_of_an_older_schash(synth_model, query):
+    schash.annotate(query, synth_model, neighbors=5)
+    del query.uns["schash"]["created"]  # what schash 0.1 wrote: no record of the keys
+    schash.annotate(query, synth_model)
+    assert "schash_batch_composition" not in query.obsm and "schash_neighbor_batch" not in query.obs
+    assert "created" in query.uns["schash"]
+
+
 def test_key_added_never_overwrites_fields_schash_did_not_create(synth_model, query):
     query.obsm["X_pca"] = np.ones((query.n_obs, 3))
     query.obs["mine_label"] = "keep me"
