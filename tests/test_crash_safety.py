@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 
 import schash
-from schash import _atomic
 
 PYTHON_DIR = str(Path(schash.__file__).resolve().parents[1])
 

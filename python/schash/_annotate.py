@@ -7,12 +7,17 @@ them (no stale columns) and no run overwrites a field that schash did not create
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 
 from . import _args, _hamming
 from ._data import _is_anndata
 from ._errors import InputError
+
+if TYPE_CHECKING:
+    from ._model import SchashModel
 
 
 def annotate(

@@ -12,7 +12,7 @@ import pandas as pd
 from . import _args, _hamming
 from ._anchors import make_anchors
 from ._annotate import _check_call_args, annotate, write_annotation  # noqa: F401 - the public verbs live here
-from ._data import Expr, _is_anndata, extract
+from ._data import Expr, extract
 from ._errors import InputError, LabelKeyError
 from ._logging import logger
 from ._model import UNASSIGNED, SchashModel
