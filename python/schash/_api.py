@@ -1,4 +1,5 @@
-"""The two verbs: :func:`train` a model on a labelled reference, :func:`annotate` an AnnData with it."""
+"""The two verbs: :func:`train` a model on a labelled reference, :func:`annotate` an AnnData with it
+(:mod:`schash._annotate`)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,24 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from . import _hamming
+from . import _args, _hamming
 from ._anchors import make_anchors
-from ._data import Expr, _is_anndata, extract
+from ._annotate import _check_call_args, annotate, write_annotation  # noqa: F401 - the public verbs live here
+from ._data import Expr, extract
 from ._errors import InputError, LabelKeyError
 from ._logging import logger
-from ._model import SchashModel
+from ._model import UNASSIGNED, SchashModel
 from ._novelty import fit_novelty
 from ._preprocess import ScaledMatrix, SparseScaled, fit_preprocessor
 from ._train import TrainConfig, calibration_rows, train_network
 
 
 def _column(expr, values, key, what):
-    """Labels or batches from an obs column (``key``) or a vector (``values``), as strings."""
+    """Labels or batches from an obs column (``key``) or a vector (``values``), as strings.
+
+    A pandas Series is matched to the cells by its index (cell names); a bare array or list,
+    or a Series with a default 0..n-1 index, by position.
+    """
     if key is not None:
         if expr.obs is None:
             raise InputError(f"{what}_key= needs AnnData input; for a matrix pass the {what}s as a vector")
@@ -28,9 +34,11 @@ def _column(expr, values, key, what):
             raise LabelKeyError(
                 f"{what} column {key!r} is not in obs; available columns: {list(expr.obs.columns)}"
             )
-        values = expr.obs[key]
+        values = expr.obs[key].to_numpy()  # the obs column is aligned to the cells already
     if values is None:
         return None
+    if isinstance(values, pd.Series):
+        values = _by_cell_name(values, expr.cells, what)
     values = pd.Series(np.asarray(values, dtype=object))
     if len(values) != len(expr.cells):
         extra = " (it matches the number of genes: is the matrix genes × cells? pass X.T)" \
@@ -41,7 +49,67 @@ def _column(expr, values, key, what):
         raise InputError(
             f"{int(missing.sum())} cells have a missing {what} (NA); remove those cells or give them a {what}"
         )
-    return values.astype(str).to_numpy()
+    values = values.astype(str).to_numpy()
+    if what == "cell type" and (values == UNASSIGNED).any():
+        raise InputError(f"{int((values == UNASSIGNED).sum())} cells have the cell type {UNASSIGNED!r}, which schash "
+                         "reserves for the cells it leaves unassigned; rename that type or leave those cells out")
+    return values
+
+
+def _by_cell_name(values: pd.Series, cells: pd.Index, what: str) -> np.ndarray:
+    """The values of a Series in the order of ``cells``, matched by name."""
+    index = values.index
+    if isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1 \
+            and not cells.equals(index.astype(str)):
+        return values.to_numpy()  # pd.Series(list): no names to match, so by position
+    names = index.astype(str)
+    if names.equals(cells):
+        return values.to_numpy()
+    fix = f"; or pass {what}s.to_numpy() to match them to the cells by position"
+    if names.has_duplicates:
+        raise InputError(f"the {what}s Series has repeated cell names in its index "
+                         f"(e.g. {list(names[names.duplicated()][:3])}){fix}")
+    if cells.has_duplicates:
+        raise InputError(f"the cell names are not unique (e.g. {list(cells[cells.duplicated()][:3])}), so the "
+                         f"{what}s Series cannot be matched to them by name; make them unique "
+                         f"(adata.obs_names_make_unique()){fix}")
+    pos = names.get_indexer(cells)
+    if (pos < 0).any():
+        missing = cells[pos < 0]
+        raise InputError(f"{len(missing)} cells have no {what} in the Series given (matched by cell name), "
+                         f"e.g. {list(missing[:5])}; its index must hold every cell name{fix}")
+    return values.to_numpy()[pos]
+
+
+def _check_train_args(a: dict) -> None:
+    """Every argument of :func:`train` that is not data, before anything is read."""
+    from ._preprocess import SCALES, TRANSFORMS
+
+    _args.whole("n_bits", a["n_bits"], minimum=8)
+    if a["n_bits"] % 8:
+        raise InputError(f"n_bits must be a multiple of 8 (got {a['n_bits']}); 64 is the default")
+    _args.whole("n_top_genes", a["n_top_genes"], none_ok=True, hint=" (None: all genes)")
+    _args.choice("transform", a["transform"], TRANSFORMS)
+    _args.choice("scale", a["scale"], SCALES)
+    _args.whole("min_cells_per_type", a["min_cells_per_type"])
+    _args.whole("max_cells_per_type", a["max_cells_per_type"], none_ok=True, hint=" (None: every cell)")
+    _args.whole("batch_size", a["batch_size"], none_ok=True, hint=" (None: chosen from the data size)")
+    _args.whole("max_epochs", a["max_epochs"], none_ok=True, hint=" (None: chosen from the data size)")
+    _args.whole("num_threads", a["num_threads"], none_ok=True)
+    _args.whole("seed", a["seed"], minimum=0)
+    hidden = a["hidden"]
+    if not isinstance(hidden, (tuple, list)):
+        raise InputError(f"hidden must be a tuple of layer widths like (128, 64), got {hidden!r}")
+    for width in hidden:
+        _args.whole("each hidden layer width", width)
+    _args.number("dropout", a["dropout"], lo=0, hi=1, hi_open=True)
+    _args.number("lr", a["lr"], lo=0, lo_open=True)
+    _args.number("prune_quantile", a["prune_quantile"], lo=0, hi=1)
+    _args.number("novelty_alpha", a["novelty_alpha"], lo=0, hi=1)
+    _check_device(a["device"])
+    keys = a["reference_keys"]
+    if keys is not None and (isinstance(keys, str) or not all(isinstance(k, str) for k in keys)):
+        raise InputError(f"reference_keys must be a list of obs column names, got {keys!r}")
 
 
 def train(
@@ -71,7 +139,7 @@ def train(
     seed: int = 0,
     device: str = "auto",
     num_threads: int | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> SchashModel:
     """Train a schash model on a labelled reference.
 
@@ -123,13 +191,15 @@ def train(
     seed, device, num_threads, progress
         Random seed (same seed, CPU and thread count give the same model),
         ``"auto"``/``"cpu"``/``"cuda"``, torch CPU threads while training (``None``: one
-        thread for small networks, torch's default otherwise), and whether to show a
-        progress bar.
+        thread for small networks, torch's default otherwise), and whether to show
+        progress bars (``None``: only when stderr is an interactive terminal).
 
     Returns
     -------
     A :class:`SchashModel`; ``model.history`` holds the per-epoch losses and validation scores.
     """
+    _check_train_args(locals())
+    progress = _args.progress(progress)
     if not 0.0 <= float(augment) <= 1.0:
         raise InputError(f"augment is the fraction of training cells perturbed in each epoch, in [0, 1]; got {augment!r}")
     path = data if isinstance(data, (str, os.PathLike)) else None
@@ -185,6 +255,19 @@ def train(
     model.ref_meta = {key: pd.Categorical(values[db_rows]) for key, values in extra.items()}
     model.params["n_reference_cells"] = int(len(model.ref_labels))
     return model
+
+
+def _check_device(device) -> None:
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"device must be 'auto', 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device={device!r} but this torch has no usable CUDA GPU; use device='cpu' or 'auto'")
 
 
 def _reference_meta(path) -> Expr:
@@ -281,65 +364,3 @@ def _encode_rows(module, X, chunk: int = 8192) -> np.ndarray:
         codes.append(_hamming.pack(module.logits_sparse(block)))
     return np.concatenate(codes)
 
-
-def annotate(
-    adata,
-    model: SchashModel,
-    *,
-    layer: str | None = None,
-    method: str = "anchor",
-    k: int = 15,
-    batch_key: str | None = None,
-    neighbors: int | None = None,
-    key_added: str = "schash",
-    copy: bool = False,
-    progress: bool = False,
-):
-    """Annotate an AnnData in place (or a copy), scanpy-style.
-
-    Writes
-    ------
-    ``obs[f"{key_added}_label"]``, ``obs[f"{key_added}_pruned_label"]`` (categorical),
-    ``obs[f"{key_added}_distance"]``, ``obs[f"{key_added}_delta_next"]``,
-    ``obs[f"{key_added}_typicality"]``, ``obs[f"{key_added}_confidence"]`` (float),
-    ``obsm[f"X_{key_added}"]`` (the packed codes, uint8, n_bits/8 columns) and
-    ``uns[key_added]`` (the parameters and gene overlap).  With ``neighbors=k``, also the
-    composition of the ``k`` nearest reference cells: ``obsm[f"{key_added}_cell_type_composition"]``
-    and, when the reference had batches, ``obsm[f"{key_added}_batch_composition"]`` (DataFrames,
-    rows sum to 1) and ``obs[f"{key_added}_neighbor_batch"]`` (the majority batch).
-
-    Returns
-    -------
-    The annotated copy when ``copy=True``, else ``None``.
-    """
-    if not _is_anndata(adata):
-        raise InputError("annotate() takes an AnnData; for a matrix use model.predict(X, genes=...)")
-    enc = model._pass(adata, layer=layer, batch_key=batch_key, progress=progress)
-    df = model.call(enc, method=method, k=k)
-    if copy:
-        adata = adata.copy()
-    write_annotation(adata, model, enc, df, method=method, k=k, layer=layer, batch_key=batch_key,
-                     neighbors=neighbors, key_added=key_added, progress=progress)
-    return adata if copy else None
-
-
-def write_annotation(adata, model, enc, df, *, method, k, layer, batch_key, neighbors=None, key_added="schash",
-                     progress=False):
-    """Write a finished annotation into ``adata`` (the fields listed in :func:`annotate`)."""
-    for col in df.columns:
-        adata.obs[f"{key_added}_{col}"] = df[col].values
-    adata.obsm[f"X_{key_added}"] = enc.codes
-    if neighbors:
-        idx, _ = _hamming.knn_indices(enc.codes, model.ref_codes, neighbors, progress=progress)
-        for by in model.reference_obs().columns:
-            comp = model.composition(None, by=by, _neighbors=(adata.obs_names, idx))
-            adata.obsm[f"{key_added}_{by}_composition"] = comp
-            if by == "batch":
-                adata.obs[f"{key_added}_neighbor_batch"] = pd.Categorical(comp.idxmax(axis=1))
-    adata.uns[key_added] = {
-        "params": {"method": method, "k": k, "neighbors": neighbors, "layer": layer, "batch_key": batch_key,
-                   "n_bits": model.n_bits, "threshold": model.threshold,
-                   "novelty_alpha": model.params.get("novelty_alpha", 0.02)},
-        "n_genes_matched": enc.n_genes_matched,
-        "n_genes_model": len(model.pre.genes),
-    }

@@ -17,7 +17,8 @@ from ._errors import InputError
 from ._io import load_model
 from ._saliency import compute_saliency, top_genes as _top_genes
 
-_INT_ARGS = ("n_bits", "n_top_genes", "min_cells_per_type", "batch_size", "max_epochs", "seed", "k", "num_threads")
+_INT_ARGS = ("n_bits", "n_top_genes", "min_cells_per_type", "max_cells_per_type", "batch_size", "max_epochs", "seed", "k",
+             "num_threads")
 
 
 def _strs(x) -> list[str] | None:

@@ -1,17 +1,38 @@
 """The ``schash`` command line: train, annotate, info.
 
-Bad input ends with one line on stderr and exit status 2, never a traceback.
+Every error ends with one line on stderr and exit status 2, never a traceback (set
+``SCHASH_DEBUG=1`` to see one).  Outputs are checked before any work: an output that is
+one of the inputs is refused, an existing one is replaced only with ``--overwrite``, and
+every file is written to a temporary file next to it and renamed into place when complete
+(:mod:`schash._atomic`), so a failed or killed run never leaves a partial file.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
+class _UsageError(Exception):
+    """A command line argparse cannot read (reported in one line, like every other error)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _progress_flags(p) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="show progress bars (default: only when stderr is a terminal)")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="schash", description="Deep-hashing cell-type annotation for scRNA-seq")
+    p = _Parser(prog="schash", description="Deep-hashing cell-type annotation for scRNA-seq")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model on a labelled reference .h5ad")
@@ -29,8 +50,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="train on at most this many cells of each type; the database still holds every cell")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing model file")
-    t.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing model file (without it, an "
+                   "existing file is never touched)")
+    _progress_flags(t)
 
     a = sub.add_parser("annotate", help="annotate a query .h5ad with a model")
     a.add_argument("model")
@@ -43,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--batch-key", help="standardise each query batch on its own")
     a.add_argument("--method", choices=("anchor", "knn"), default="anchor")
     a.add_argument("-k", type=int, default=15, help="neighbours for --method knn")
-    a.add_argument("--no-progress", action="store_true")
+    a.add_argument("--overwrite", action="store_true", help="replace existing output files (without it, an "
+                   "existing file is never touched; an output that is the model or the query is always refused)")
+    _progress_flags(a)
 
     i = sub.add_parser("info", help="describe a model file")
     i.add_argument("model")
@@ -58,43 +82,68 @@ def _read_h5ad(path):
 
 
 def _train(args) -> None:
-    from pathlib import Path
-
     from . import train
+    from ._atomic import check_output
 
-    if Path(args.output).exists() and not args.overwrite:
-        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    # before the training, not after it: a missing folder or an existing file ends the run now
+    check_output(args.output, inputs=[args.reference], overwrite=args.overwrite, flag="--overwrite")
     # the path, not a loaded AnnData: train() reads only the training cells and streams the rest
     model = train(args.reference, cell_type_key=args.cell_type_key, batch_key=args.batch_key, layer=args.layer,
                   n_bits=args.n_bits, n_top_genes=args.n_top_genes, transform=args.transform, scale=args.scale,
                   max_epochs=args.max_epochs, max_cells_per_type=args.max_cells_per_type, seed=args.seed,
-                  device=args.device, progress=not args.no_progress)
-    model.save(args.output, overwrite=args.overwrite)
+                  device=args.device, progress=args.progress)
+    _save_model(model, args.output, args.overwrite)
     print(model)
     print(f"validation macro F1 {model.history['best_val_macro_f1']:.3f}; model written to {args.output}")
 
 
+def _save_model(model, path, overwrite) -> None:
+    try:
+        model.save(path, overwrite=overwrite)
+    except FileExistsError:
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it") from None
+
+
 def _annotate(args) -> None:
     from . import load
-    from ._api import write_annotation
+    from ._annotate import _check_call_args, write_annotation
+    from ._atomic import check_output, write_atomic
 
     if not args.output and not args.csv:
         raise OSError("nothing to write: give -o OUT.h5ad and/or --csv OUT.csv")
+    if args.output and args.csv and os.path.realpath(args.output) == os.path.realpath(args.csv):
+        raise FileExistsError(f"-o and --csv name the same file {args.output}; give two different files")
+    inputs = [args.model, args.query]
+    outputs = [p for p in (args.output, args.csv) if p]
+    for path in outputs:  # before any work
+        check_output(path, inputs=inputs, overwrite=args.overwrite, flag="--overwrite")
     model = load(args.model)
+    _check_call_args(model, method=args.method, k=args.k, chunk_size=args.chunk_size)
     # encode straight from the file, a chunk at a time
     enc = model._pass(args.query, layer=args.layer, batch_key=args.batch_key, chunk_size=args.chunk_size,
-                      progress=not args.no_progress)
+                      progress=args.progress)
     df = model.call(enc, method=args.method, k=args.k)
-    if args.csv:
-        df.add_prefix("schash_").to_csv(args.csv)
-    if args.output:
+    query = None
+    if args.output:  # everything computed before the first file is written
         query = _read_h5ad(args.query)
         write_annotation(query, model, enc, df, method=args.method, k=args.k, layer=args.layer,
                          batch_key=args.batch_key)
-        query.write_h5ad(args.output)
-    written = " and ".join(p for p in (args.output, args.csv) if p)
-    print(f"annotated {len(df)} cells ({enc.n_genes_matched} of {len(model.genes)} model genes found); "
-          f"written to {written}")
+    table = df.add_prefix("schash_")
+
+    def write_csv():
+        write_atomic(args.csv, lambda t: table.to_csv(t), overwrite=args.overwrite, inputs=inputs, flag="--overwrite")
+
+    def write_both(tmp):  # the CSV is placed only once the .h5ad is complete, and the .h5ad right after
+        query.write_h5ad(tmp)
+        if args.csv:
+            write_csv()
+
+    if query is not None:
+        write_atomic(args.output, write_both, overwrite=args.overwrite, inputs=inputs, flag="--overwrite")
+    else:
+        write_csv()
+    print(f"annotated {len(df)} cells ({enc.n_genes_matched} of {len(model.genes)} model genes found, input "
+          f"detected as {enc.kind}); written to {' and '.join(outputs)}")
     print(df["pruned_label"].value_counts().to_string())
 
 
@@ -109,7 +158,7 @@ def _info(args) -> None:
     from . import load
 
     print(load(args.model))
-    print(f"format {meta['format']} v{meta['format_version']}, written by schash {meta['schash_version']}")
+    print(f"format {meta['format']} v{meta['format_version']}, written by schash {meta.get('schash_version')}")
     h = meta.get("history", {})
     if h:
         print(f"trained {len(h.get('epoch', []))} epochs, best validation macro F1 {h.get('best_val_macro_f1', 0):.3f}")
@@ -118,20 +167,34 @@ def _info(args) -> None:
 def main(argv=None) -> int:
     import warnings
 
-    args = _parser().parse_args(argv)
     before = warnings.formatwarning
-    warnings.formatwarning = lambda message, category, *a, **k: f"schash: warning: {message}\n"
-    from ._errors import SchashError
-
+    warnings.formatwarning = lambda message, category, *a, **k: f"schash: warning: {_one_line(message)}\n"
     try:
+        args = _parser().parse_args(argv)
         {"train": _train, "annotate": _annotate, "info": _info}[args.command](args)
-    except (SchashError, OSError, KeyboardInterrupt) as err:
-        msg = str(err) if not isinstance(err, KeyboardInterrupt) else "interrupted"
-        print(f"schash: error: {msg}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        return _fail("interrupted")
+    except Exception as err:  # noqa: BLE001 - the promise: one line, exit 2, for every error
+        from ._errors import SchashError
+
+        if os.environ.get("SCHASH_DEBUG"):
+            raise
+        if isinstance(err, (SchashError, OSError, _UsageError)):
+            return _fail(str(err) or type(err).__name__)
+        return _fail(f"{type(err).__name__}: {err} (unexpected; rerun with SCHASH_DEBUG=1 for details and "
+                     "please report it)")
     finally:
         warnings.formatwarning = before
     return 0
+
+
+def _one_line(message) -> str:
+    return " ".join(str(message).split())
+
+
+def _fail(message: str) -> int:
+    print(f"schash: error: {_one_line(message)}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

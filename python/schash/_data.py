@@ -86,8 +86,22 @@ def extract(data, genes=None, *, layer: str | None = None, check_values: bool = 
     return Expr(X=X, genes=gene_index, cells=cells, obs=obs)
 
 
+def _check_magnitude(v: np.ndarray) -> None:
+    """Values beyond :data:`MAX_VALUE` are reported as too large (not as the inf float32 would make them)."""
+    if v.size and v.dtype.kind == "f" and (v.max() > MAX_VALUE or v.min() < -MAX_VALUE):  # no copies if fine
+        with np.errstate(invalid="ignore"):
+            big = (np.abs(v) > MAX_VALUE) & np.isfinite(v)
+        if big.any():
+            raise InputError(
+                f"the expression matrix holds {int(big.sum())} values too large to be expression values "
+                f"(up to {float(np.abs(v[big]).max()):.3g}; the limit is {MAX_VALUE:.0e}); check how it was "
+                "computed, or pass raw counts"
+            )
+
+
 def _as_matrix(X) -> sparse.csr_matrix | np.ndarray:
     if sparse.issparse(X):
+        _check_magnitude(np.asarray(X.data))
         # no sum_duplicates(): it scans the whole matrix, and every later step (row sums,
         # gene alignment by sparse product) already treats duplicate entries as their sum
         return sparse.csr_matrix(X, dtype=np.float32)
@@ -98,6 +112,7 @@ def _as_matrix(X) -> sparse.csr_matrix | np.ndarray:
         raise InputError(f"expected a 2-d cells × genes matrix, got an array of shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.number):
         raise InputError(f"the expression matrix must be numeric, got dtype {arr.dtype}")
+    _check_magnitude(arr.reshape(-1))
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
@@ -122,34 +137,61 @@ def check_finite_nonnegative(X) -> None:
         )
 
 
-LOG_MAX = 30.0
+KINDS = ("counts", "log", "normalised")
+LOG_MAX = 20.0  # log1p of values normalised to 1e6 stays below 14, log2(1 + CPM) below 20
+MAX_VALUE = 1e30  # no expression value is this large; beyond it float32 sums lose all meaning
 
 
 def detect_kind(X, n_sample: int = 100_000, seed: int = 0) -> str:
-    """``"counts"`` when the sampled non-zero values are all whole numbers, else ``"log"``."""
+    """What the values of ``X`` are: ``"counts"``, ``"log"`` (log-normalised) or ``"normalised"``.
+
+    The one place schash decides this, for training and for queries.  ``X`` should be rows
+    from across the whole input (see :meth:`schash._stream.Source.sample`), never its first
+    rows alone.
+
+    - ``"counts"``: every sampled non-zero value is a whole number;
+    - ``"normalised"``: not whole numbers, but beyond the range of log-normalised data
+      (largest value above :data:`LOG_MAX`) or every cell sums to the same total (CPM, TPM,
+      RPKM, ``normalize_total`` without log).  Treated like counts: each cell is rescaled to
+      the model's ``target_sum`` and ``log1p``-transformed, so a CPM query gets the labels
+      of its counts;
+    - ``"log"``: anything else (log-normalised values are used as they are).
+    """
     v = _values(X)
-    v = v[v != 0]
-    if v.size == 0:
-        return "log"
-    if v.size > n_sample:
-        v = np.random.default_rng(seed).choice(v, n_sample, replace=False)
-    if np.all(np.abs(v - np.round(v)) < 1e-6):
-        return "counts"
-    # log1p of per-10k (or per-million, log2) values stays below ~20; larger non-integer values are
-    # on a linear scale (UMI-corrected counts, CPM, TPM) and are normalised like counts
-    return "counts" if v.max() > LOG_MAX else "log"
+    nz = v[v != 0]
+    if nz.size == 0:
+        return _report("log", "no non-zero values")
+    sample = nz if nz.size <= n_sample else np.random.default_rng(seed).choice(nz, n_sample, replace=False)
+    if np.all(np.abs(sample - np.round(sample)) < 1e-6):
+        return _report("counts", "whole numbers")
+    vmax = float(nz.max())
+    if vmax > LOG_MAX:
+        return _report("normalised", f"not whole numbers, largest value {vmax:.4g} is beyond the range of "
+                                     f"log-normalised data; each cell is rescaled and log1p-transformed")
+    totals = np.asarray(X.sum(axis=1), dtype=np.float64).reshape(-1)
+    totals = totals[totals > 0]
+    if len(totals) >= 2 and totals.std() <= 1e-3 * totals.mean():
+        return _report("normalised", f"not whole numbers, every cell sums to {totals.mean():.4g}; "
+                                     f"each cell is rescaled and log1p-transformed")
+    return _report("log", f"not whole numbers, largest value {vmax:.4g}: log-normalised values, used as they are")
+
+
+def _report(kind: str, why: str) -> str:
+    logger.info("input values detected as %s (%s)", kind, why)
+    return kind
 
 
 def log_normalise(X, kind: str, target_sum: float = 1e4):
-    """Counts → library-size normalised ``log1p``; log-normalised input is returned as it is.
+    """Counts (or normalised values) → rescaled to ``target_sum`` per cell and ``log1p``-transformed;
+    log-normalised input is returned as it is.
 
     Cells with no counts stay all-zero (they are reported as Unassigned later).
     """
     if kind == "log":
         return X
-    if kind != "counts":
-        raise InputError(f"input kind must be 'counts' or 'log', got {kind!r}")
-    totals = np.asarray(X.sum(axis=1)).reshape(-1)
+    if kind not in ("counts", "normalised"):
+        raise InputError(f"input kind must be one of {KINDS}, got {kind!r}")
+    totals = np.asarray(X.sum(axis=1), dtype=np.float64).reshape(-1)
     scale = np.divide(target_sum, totals, out=np.zeros_like(totals, dtype=np.float64), where=totals > 0)
     if sparse.issparse(X):
         Y = sparse.diags(scale.astype(np.float32)) @ X

@@ -82,21 +82,21 @@ class SchashModel:
         return expr, X, int(present.sum()), np.asarray(nnz).reshape(-1) == 0
 
     def _pass(self, data, *, genes=None, layer=None, batch_key=None, chunk_size=8192,
-              min_gene_overlap=0.3, progress=False) -> Encoded:
+              min_gene_overlap=0.3, progress=None) -> Encoded:
         from ._stream import encode_pass
 
         return encode_pass(self, data, genes=genes, layer=layer, batch_key=batch_key, chunk_size=chunk_size,
                            min_gene_overlap=min_gene_overlap, progress=progress)
 
     def encode(self, data, *, genes=None, layer=None, batch_key=None, chunk_size: int = 8192,
-               progress: bool = False) -> np.ndarray:
+               progress: bool | None = None) -> np.ndarray:
         """Packed hash codes of the cells in ``data``: uint8, ``n_cells × n_bits/8``."""
         return self._pass(data, genes=genes, layer=layer, batch_key=batch_key, chunk_size=chunk_size,
                           progress=progress).codes
 
     # -- annotation --------------------------------------------------------------------------
     def predict(self, data, *, genes=None, layer=None, method: str = "anchor", k: int = 15,
-                batch_key: str | None = None, chunk_size: int = 8192, progress: bool = False) -> pd.DataFrame:
+                batch_key: str | None = None, chunk_size: int = 8192, progress: bool | None = None) -> pd.DataFrame:
         """Annotate the cells of ``data``; returns a DataFrame indexed by cell.
 
         Columns: ``label`` (nearest type), ``pruned_label`` (``"Unassigned"`` where the
@@ -106,14 +106,19 @@ class SchashModel:
         cell is of the reference, a p-value in (0, 1]) and ``confidence`` in [0, 1]: the
         code's closeness to its anchor (``method="anchor"``) or the winning vote fraction
         among the ``k`` nearest reference cells (``method="knn"``), times ``min(1, typicality / 0.5)``.
+        ``progress=None`` shows bars only when stderr is an interactive terminal.
         """
+        from ._annotate import _check_call_args
+
+        _check_call_args(self, method=method, k=k, chunk_size=chunk_size)  # before the work
         enc = self._pass(data, genes=genes, layer=layer, batch_key=batch_key, chunk_size=chunk_size, progress=progress)
         return self.call(enc, method=method, k=k)
 
     def call(self, enc: Encoded, *, method: str = "anchor", k: int = 15) -> pd.DataFrame:
         """Turn an :class:`Encoded` pass into labels (see :meth:`predict`)."""
-        if method not in METHODS:
-            raise InputError(f"method must be one of {METHODS}, got {method!r}")
+        from ._annotate import _check_call_args
+
+        _check_call_args(self, method=method, k=k)
         best, dist, gap = _hamming.nearest_anchor(enc.codes, self.packed_anchors)
         half = max(min_pairwise_distance(self.anchors) / 2.0, 1.0)
         code_score = np.clip(1.0 - dist / half, 0.0, 1.0)
@@ -146,13 +151,17 @@ class SchashModel:
 
     # -- reference database ------------------------------------------------------------------
     def neighbors(self, data, *, k: int = 15, genes=None, layer=None, batch_key=None,
-                  progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                  progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest reference cells of each query cell by Hamming distance.
 
         Returns ``(indices, distances)``, each cells × k, ordered by distance (ties by
         reference index).  Indices point into the reference database, whose labels and
         batches are ``model.reference_obs()``.
         """
+        from . import _args
+
+        _args.neighbours("k", k, len(self.ref_labels))
+        progress = _args.progress(progress)
         codes = self.encode(data, genes=genes, layer=layer, batch_key=batch_key, progress=progress)
         return _hamming.knn_indices(codes, self.ref_codes, k, progress=progress)
 

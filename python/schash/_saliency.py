@@ -40,6 +40,10 @@ def _group_labels(model, expr, by, predicted: np.ndarray) -> np.ndarray:
             cols = [] if expr.obs is None else list(expr.obs.columns)
             raise LabelKeyError(f"by={by!r} is neither 'label' nor an obs column; columns: {cols}")
         return expr.obs[by].astype(str).to_numpy()
+    if isinstance(by, pd.Series):  # matched to the cells by name, like labels (see schash._api._column)
+        from ._api import _by_cell_name
+
+        by = _by_cell_name(by, expr.cells, "group")
     values = np.asarray(by, dtype=object)
     if len(values) != len(expr.cells):
         raise InputError(f"by= has {len(values)} values for {len(expr.cells)} cells")
@@ -61,6 +65,11 @@ def compute_saliency(model, data, *, genes=None, layer=None, by="label", method=
                      batch_key=None, n_top_cell: int = 5, chunk_size: int = 2048, n_steps: int = 16) -> Saliency:
     if method not in SALIENCY_METHODS:
         raise InputError(f"method must be one of {SALIENCY_METHODS}, got {method!r}")
+    from ._args import whole
+
+    whole("n_top_cell", n_top_cell, minimum=0)
+    whole("chunk_size", chunk_size)
+    whole("n_steps", n_steps)
     expr, X, _, _ = model._prepare(data, genes=genes, layer=layer, batch_key=batch_key)
     anchors = torch.from_numpy(model.anchors)
     packed = model.packed_anchors
@@ -96,6 +105,9 @@ def compute_saliency(model, data, *, genes=None, layer=None, by="label", method=
 
 def top_genes(saliency: pd.DataFrame, n: int = 10) -> pd.DataFrame:
     """The ``n`` most salient genes of each group, as a tidy DataFrame (group, rank, gene, score)."""
+    from ._args import whole
+
+    whole("n", n)
     rows = []
     for group in saliency.columns:
         col = saliency[group].sort_values(ascending=False).head(n)

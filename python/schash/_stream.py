@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from . import _hamming
+from . import _args, _hamming
 from ._data import Expr, _as_matrix, check_finite_nonnegative, column_sums, detect_kind, extract
 from ._errors import InputError, LabelKeyError
 from ._novelty import margins
@@ -35,6 +35,7 @@ class Encoded:
     typicality: np.ndarray
     empty: np.ndarray
     n_genes_matched: int
+    kind: str = "counts"  # what the input was detected as (see schash._data.detect_kind)
 
 
 class Source:
@@ -66,6 +67,22 @@ class Source:
             check_finite_nonnegative(X)
         return Expr(X=X, genes=self.genes, cells=self.cells[start:stop])
 
+    def sample(self, n_rows: int = 2000, n_blocks: int = 64):
+        """Rows spread over the whole input (contiguous blocks at evenly spaced positions), for
+        deciding what kind of values it holds; cheap to read from a backed file."""
+        if self.n <= n_rows:
+            return _as_matrix(_rows(self.matrix, 0, self.n))
+        size = max(1, n_rows // n_blocks)
+        starts = np.unique(np.linspace(0, self.n - size, n_blocks).astype(np.int64))
+        blocks = [_as_matrix(_rows(self.matrix, int(a), int(a) + size)) for a in starts]
+        out = sparse.vstack([sparse.csr_matrix(b) for b in blocks]).tocsr()
+        if out.count_nonzero() == 0:  # nearly all cells empty: the first rows (in fixed blocks) that are not
+            for a in range(0, self.n, n_rows):
+                block = sparse.csr_matrix(_as_matrix(_rows(self.matrix, a, min(a + n_rows, self.n))))
+                if block.count_nonzero():
+                    return block
+        return out
+
     def groups(self, batch_key):
         if batch_key is None:
             return np.zeros(self.n, dtype=np.int64), 1
@@ -92,13 +109,19 @@ def _bounds(n, chunk_size):
 
 
 def encode_pass(model, data, *, genes=None, layer=None, batch_key=None, groups=None, chunk_size=8192,
-                min_gene_overlap=0.3, progress=False) -> Encoded:
+                min_gene_overlap=0.3, progress=None) -> Encoded:
     from tqdm.auto import tqdm
 
+    chunk_size = _args.whole("chunk_size", chunk_size)
+    _args.number("min_gene_overlap", min_gene_overlap, lo=0, hi=1)
+    progress = _args.progress(progress)
     src = Source(data, genes, layer)
     pre = model.pre
     bounds = _bounds(src.n, chunk_size)
-    kind = detect_kind(src.chunk(*bounds[0]).X)
+    sample = src.sample()
+    if src.adata is not None:
+        check_finite_nonnegative(sample)
+    kind = detect_kind(sample)  # from rows across the whole input, never the first chunk alone
     if groups is None:
         groups, n_groups = src.groups(batch_key)
     else:
@@ -132,4 +155,4 @@ def encode_pass(model, data, *, genes=None, layer=None, batch_key=None, groups=N
         coords.append(model.novelty.project(ref_block))
         margin.append(margins(logits, model.anchors))
     typ = model.novelty.typicality(np.concatenate(coords), np.concatenate(margin))
-    return Encoded(src.cells, np.concatenate(codes), typ, nnz == 0, n_matched)
+    return Encoded(src.cells, np.concatenate(codes), typ, nnz == 0, n_matched, kind)

@@ -1,0 +1,167 @@
+"""``annotate``: write a model's calls into an AnnData, scanpy-style, all or nothing.
+
+Everything is computed before anything is written.  ``uns[key_added]["created"]`` records
+the obs and obsm keys a run wrote, so the next run under the same ``key_added`` removes
+them (no stale columns) and no run overwrites a field that schash did not create.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from . import _args, _hamming
+from ._data import _is_anndata
+from ._errors import InputError
+
+if TYPE_CHECKING:
+    from ._model import SchashModel
+
+
+def annotate(
+    adata,
+    model: SchashModel,
+    *,
+    layer: str | None = None,
+    method: str = "anchor",
+    k: int = 15,
+    batch_key: str | None = None,
+    neighbors: int | None = None,
+    key_added: str = "schash",
+    copy: bool = False,
+    chunk_size: int = 8192,
+    progress: bool | None = None,
+):
+    """Annotate an AnnData in place (or a copy), scanpy-style.
+
+    Writes
+    ------
+    ``obs[f"{key_added}_label"]``, ``obs[f"{key_added}_pruned_label"]`` (categorical),
+    ``obs[f"{key_added}_distance"]``, ``obs[f"{key_added}_delta_next"]``,
+    ``obs[f"{key_added}_typicality"]``, ``obs[f"{key_added}_confidence"]`` (float),
+    ``obsm[f"X_{key_added}"]`` (the packed codes, uint8, n_bits/8 columns) and
+    ``uns[key_added]`` (the parameters, gene overlap, the detected input kind, and the
+    keys this run created).  With ``neighbors=k``, also the
+    composition of the ``k`` nearest reference cells: ``obsm[f"{key_added}_cell_type_composition"]``
+    and, when the reference had batches, ``obsm[f"{key_added}_batch_composition"]`` (DataFrames,
+    rows sum to 1) and ``obs[f"{key_added}_neighbor_batch"]`` (the majority batch).
+
+    Everything is computed before anything is written: an error leaves ``adata`` as it was.
+    A new run with the same ``key_added`` replaces every field of the earlier one; a field
+    that schash did not create is never overwritten (choose another ``key_added``).
+    ``progress=None`` shows bars only when stderr is an interactive terminal.
+
+    Returns
+    -------
+    The annotated copy when ``copy=True``, else ``None``.
+    """
+    if not _is_anndata(adata):
+        raise InputError("annotate() takes an AnnData; for a matrix use model.predict(X, genes=...)")
+    _check_call_args(model, method=method, k=k, neighbors=neighbors, chunk_size=chunk_size)
+    _args.key_added(key_added)
+    progress = _args.progress(progress)
+    _fields_to_replace(adata, key_added, _new_keys(model, key_added, neighbors))  # refuse before the work
+    enc = model._pass(adata, layer=layer, batch_key=batch_key, chunk_size=chunk_size, progress=progress)
+    df = model.call(enc, method=method, k=k)
+    if copy:
+        adata = adata.copy()
+    write_annotation(adata, model, enc, df, method=method, k=k, layer=layer, batch_key=batch_key,
+                     neighbors=neighbors, key_added=key_added, progress=progress)
+    return adata if copy else None
+
+
+def _check_call_args(model, *, method, k, neighbors=None, chunk_size=8192):
+    from ._model import METHODS
+
+    _args.choice("method", method, METHODS)
+    n_ref = len(model.ref_labels)
+    if method == "knn":
+        _args.neighbours("k", k, n_ref)
+    else:
+        _args.whole("k", k)
+    _args.neighbours("neighbors", neighbors, n_ref, none_ok=True)
+    _args.whole("chunk_size", chunk_size)
+
+
+def _new_keys(model, key_added, neighbors) -> dict:
+    """The obs and obsm keys an annotation writes."""
+    obs = [f"{key_added}_{c}" for c in ("label", "pruned_label", "distance", "delta_next", "typicality",
+                                         "confidence")]
+    obsm = [f"X_{key_added}"]
+    if neighbors:
+        cols = list(model.reference_obs().columns)
+        obsm += [f"{key_added}_{by}_composition" for by in cols]
+        if "batch" in cols:
+            obs.append(f"{key_added}_neighbor_batch")
+    return {"obs": obs, "obsm": obsm}
+
+
+def _created_before(adata, key_added) -> dict:
+    """The keys an earlier schash run under ``key_added`` created (empty when there was none)."""
+    rec = adata.uns.get(key_added)
+    if rec is None:
+        return {"obs": [], "obsm": []}
+    if not isinstance(rec, dict) or not ("created" in rec or {"params", "n_genes_matched"} <= set(rec)):
+        raise InputError(f"uns[{key_added!r}] exists and was not written by schash; pass another key_added=")
+    if "created" in rec:
+        return {where: [str(x) for x in np.asarray(rec["created"].get(where, []), dtype=object).reshape(-1)]
+                for where in ("obs", "obsm")}
+    # written by an older schash: its fields are those with schash's names
+    suffixes = ("label", "pruned_label", "distance", "delta_next", "typicality", "confidence", "neighbor_batch")
+    return {"obs": [f"{key_added}_{c}" for c in suffixes if f"{key_added}_{c}" in adata.obs],
+            "obsm": [m for m in adata.obsm.keys()
+                     if m == f"X_{key_added}" or (m.startswith(f"{key_added}_") and m.endswith("_composition"))]}
+
+
+def _fields_to_replace(adata, key_added, new: dict) -> dict:
+    """Check that writing ``new`` overwrites only schash's own fields; returns the earlier run's fields."""
+    before = _created_before(adata, key_added)
+    for where, store in (("obs", adata.obs), ("obsm", adata.obsm)):
+        clash = [key for key in new[where] if key in store and key not in before[where]]
+        if clash:
+            raise InputError(f"{where}[{clash[0]!r}] exists and was not written by schash; "
+                             f"pass another key_added= (now {key_added!r})")
+    return before
+
+
+def write_annotation(adata, model, enc, df, *, method, k, layer, batch_key, neighbors=None, key_added="schash",
+                     progress=False):
+    """Write a finished annotation into ``adata`` (the fields listed in :func:`annotate`).
+
+    Everything is computed first and written last; an error leaves ``adata`` untouched.
+    """
+    _args.key_added(key_added)
+    new = _new_keys(model, key_added, neighbors)
+    before = _fields_to_replace(adata, key_added, new)
+    obs = {f"{key_added}_{col}": df[col].values for col in df.columns}
+    obsm = {f"X_{key_added}": enc.codes}
+    if neighbors:
+        idx, _ = _hamming.knn_indices(enc.codes, model.ref_codes, neighbors, progress=progress)
+        for by in model.reference_obs().columns:
+            comp = model.composition(None, by=by, _neighbors=(adata.obs_names, idx))
+            obsm[f"{key_added}_{by}_composition"] = comp
+            if by == "batch":
+                obs[f"{key_added}_neighbor_batch"] = pd.Categorical(comp.idxmax(axis=1))
+    record = {
+        "params": {"method": method, "k": k, "neighbors": neighbors, "layer": layer, "batch_key": batch_key,
+                   "n_bits": model.n_bits, "threshold": model.threshold,
+                   "novelty_alpha": model.params.get("novelty_alpha", 0.02)},
+        "n_genes_matched": enc.n_genes_matched,
+        "n_genes_model": len(model.pre.genes),
+        "input_kind": enc.kind,
+        "created": {"obs": list(obs), "obsm": list(obsm)},
+    }
+    # all computed: now replace the earlier run's fields with this run's
+    for key in before["obs"]:
+        if key in adata.obs:
+            del adata.obs[key]
+    for key in before["obsm"]:
+        if key in adata.obsm:
+            del adata.obsm[key]
+    for key, values in obs.items():
+        adata.obs[key] = values
+    for key, values in obsm.items():
+        adata.obsm[key] = values
+    adata.uns[key_added] = record
