@@ -3,30 +3,43 @@
 
 Usage
 -----
-    python bench/accuracy.py DATA_DIR [--out bench/results] [--methods ...] [--quick]
+    python bench/accuracy.py DATA_DIR [--out bench/results] [--methods ...] [--datasets NAME ...]
+                             [--quick] [--no-novelty] [--no-single-type] [--report-only]
 
 ``DATA_DIR`` holds labelled ``.h5ad`` files with ``obs['cell_type']`` and, optionally,
 ``obs['batch']`` and ``uns['X_kind']`` (``counts`` or a log-normalised kind); see
 ``/work/shared/data/README.md`` for the set this was written for.  Nothing is copied.
+``--datasets`` takes file stems (``pbmc_dropseq_indrops_scAnnotate`` ...).
 
 Tasks
 -----
-* Leave-one-batch-out (each batch in turn is the query, the rest the reference) where
-  the data has two or more batches, otherwise a stratified random 50/50 split.
-  Query cells of types absent from the reference are predicted but not scored
-  (``n_dropped`` / ``dropped_types`` in the CSV).
-* Unknown-type detection: on datasets with >= 3 types, on the first fold, each of
-  the two largest reference types in turn is removed from the reference; AUROC of
-  each method's confidence for separating the query cells of that type (positives,
-  expected low confidence) from the known-type query cells.
+* Classification: leave-one-batch-out (each batch in turn is the query, the rest the
+  reference; "cross-batch") where the data has two or more batches, otherwise a stratified
+  random 50/50 split ("random split").  Query cells of types absent from the reference are
+  predicted but not scored (``n_dropped`` / ``dropped_types`` in the CSV).  For every task,
+  the gap of each schash variant's macro F1 to the best peer's on that task.
+* Calls independent of the rest of the query (cross-batch folds; ``schash`` and
+  ``schash-batchscale``): the fold's model annotates each query type alone (types with >= 5
+  scored cells) and a skewed query (the most frequent type's cells plus a random 10 % of
+  others); labels are compared with the same cells' labels in the full-query prediction.
+* Unknown types across batches (datasets with >= 2 batches; the first fold and the fold
+  with the largest query batch): each reference type with >= 10 cells in both reference and
+  query is left out of the reference in turn; AUROC of schash ``1 - confidence`` and
+  ``1 - typicality`` and CellTypist ``1 - max probability`` for the left-out cells, and the
+  fractions of left-out / known-type cells schash leaves ``Unassigned``.
 
 Methods
 -------
-``schash`` (defaults: transform=log, scale=batch, nearest anchor), ``schash-knn``
-(same model, k-NN vote among reference codes), schash variants ``schash-<transform>-<scale>``
-(+ ``-knn``), ``celltypist`` (logistic regression, ``use_SGD=False``), ``knn-pca``
-(HVG from the reference, reference-scaled, PCA 50, k=15), ``singler`` and ``seurat``
-(through ``Rscript bench/r_methods.R``; skipped with a note when R or the package is missing).
+schash configurations (``SCHASH_CONFIGS``; one model per distinct set of training
+arguments, shared by the anchor and k-NN calls): ``schash`` (defaults: transform="log",
+scale="reference", augment=0.8, min_cells_per_type=1; nearest anchor), ``schash-knn`` (the
+same model, k-NN vote among reference codes, k=15), ``schash-noaug`` (augment=0),
+``schash-batchscale`` (scale="batch": each reference batch and the query standardised on
+themselves), ``schash-min10`` (min_cells_per_type=10), ``schash-rank`` (transform="rank").
+Every schash call gets ``batch_key="batch"`` where the reference has >= 2 batches, seed 0.
+Peers: ``celltypist`` (logistic regression, ``use_SGD=False``), ``knn-pca`` (HVG from the
+reference, reference-scaled, PCA 50, k=15), ``singler`` and ``seurat`` (through
+``Rscript bench/r_methods.R``; skipped with a note when R or the package is missing).
 
 Peers get log-normalised data (``normalize_total(1e4)`` + ``log1p`` where ``X`` is counts,
 ``X`` as shipped otherwise); schash gets ``X`` as is (it detects counts).  CellTypist,
@@ -34,7 +47,8 @@ which insists on log1p of counts per 10k, gets log-normalised data mapped back t
 linear scale (``expm1``, or ``2**x - 1`` where values exceed ln(10^4)), renormalised to 10^4
 and log1p-transformed.
 
-Outputs ``OUT/accuracy.md`` (tables) and ``OUT/accuracy.csv`` / ``OUT/novelty.csv`` (raw rows).
+Outputs ``OUT/accuracy.md`` (report), ``OUT/accuracy.csv``, ``OUT/single_type.csv``,
+``OUT/novelty.csv`` (raw rows) and ``OUT/accuracy_meta.json`` (for ``--report-only``).
 """
 
 from __future__ import annotations
@@ -65,15 +79,46 @@ from scipy import sparse
 HERE = Path(__file__).resolve().parent
 R_SCRIPT = HERE / "r_methods.R"
 QUICK_DATASETS = ("pancreas_xin_scClassify", "cellbench_3cl_celseq2_dropseq")
-SCHASH_VARIANTS = [("log", "batch"), ("log", "reference"), ("rank", "batch"), ("rank", "reference")]
+# name -> (schash.train keyword arguments, model.predict keyword arguments)
+SCHASH_CONFIGS = {
+    "schash": ({}, {"method": "anchor"}),
+    "schash-knn": ({}, {"method": "knn", "k": 15}),
+    "schash-noaug": ({"augment": 0}, {"method": "anchor"}),
+    "schash-batchscale": ({"scale": "batch"}, {"method": "anchor"}),
+    "schash-min10": ({"min_cells_per_type": 10}, {"method": "anchor"}),
+    "schash-rank": ({"transform": "rank"}, {"method": "anchor"}),
+}
+SCHASH_TEXT = {
+    "schash": 'defaults (transform="log", scale="reference": the query standardised with the reference\'s '
+              "statistics, augment=0.8: 80 % of training cells get a technology-like perturbation each epoch, "
+              "min_cells_per_type=1), nearest anchor",
+    "schash-knn": "the same model as `schash`, k-NN vote among the reference cells' codes (k=15)",
+    "schash-noaug": "defaults with augment=0 (no augmentation)",
+    "schash-batchscale": 'defaults with scale="batch" (the old default: each reference batch and the query '
+                         "standardised on their own statistics)",
+    "schash-min10": "defaults with min_cells_per_type=10 (the old default: types with < 10 reference cells dropped)",
+    "schash-rank": 'defaults with transform="rank" (per-cell ranks of expressed genes)',
+}
+VARIANTS = [m for m in SCHASH_CONFIGS if m not in ("schash", "schash-knn")]
+SINGLE_TYPE_VARIANTS = ("schash", "schash-batchscale")
 PEERS = ["celltypist", "knn-pca", "singler", "seurat"]
 ALL_METHODS = ["schash", "schash-knn", "schash-variants", *PEERS]
 SEED = 0
+MIN_SINGLE_TYPE = 5  # query types with at least this many scored cells are annotated alone
+MIN_LEFT_OUT = 10  # a type is left out when it has at least this many cells in reference and query
+TARGETS = {"unassigned_left_out": 0.5, "unassigned_known": 0.05, "auroc": 0.9}
 
 
-def variant_name(transform, scale, method="anchor"):
-    base = "schash" if (transform, scale) == ("log", "batch") else f"schash-{transform}-{'ref' if scale == 'reference' else 'batch'}"
-    return base + ("-knn" if method == "knn" else "")
+def schash_methods(methods) -> list[str]:
+    """The schash configurations that --methods asks for, in SCHASH_CONFIGS order."""
+    want = {m for m in methods if m in SCHASH_CONFIGS}
+    if "schash-variants" in methods:
+        want |= set(VARIANTS)
+    return [m for m in SCHASH_CONFIGS if m in want]
+
+
+def task_kind(fold: str) -> str:
+    return "cross-batch" if str(fold).startswith("query=") else "random split"
 
 
 # ----------------------------------------------------------------------------- data
@@ -114,18 +159,20 @@ def celltypist_input(adata):
 
 
 def splits(adata):
-    """(name, ref_idx, query_idx) for every task on one dataset."""
+    """[(name, ref_idx, query_idx)] for every classification task on one dataset."""
     from sklearn.model_selection import train_test_split
 
     if "batch" in adata.obs and adata.obs["batch"].nunique() >= 2:
         b = adata.obs["batch"].astype(str).to_numpy()
-        for name in sorted(set(b)):
-            yield f"query={name}", np.flatnonzero(b != name), np.flatnonzero(b == name)
-    else:
-        idx = np.arange(adata.n_obs)
-        y = adata.obs["cell_type"].astype(str).to_numpy()
-        ref, qry = train_test_split(idx, test_size=0.5, stratify=y, random_state=SEED)
-        yield "random 50/50", np.sort(ref), np.sort(qry)
+        return [(f"query={name}", np.flatnonzero(b != name), np.flatnonzero(b == name)) for name in sorted(set(b))]
+    idx = np.arange(adata.n_obs)
+    y = adata.obs["cell_type"].astype(str).to_numpy()
+    ref, qry = train_test_split(idx, test_size=0.5, stratify=y, random_state=SEED)
+    return [("random 50/50", np.sort(ref), np.sort(qry))]
+
+
+def has_batches(adata) -> bool:
+    return "batch" in adata.obs and adata.obs["batch"].nunique() >= 2
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -136,7 +183,8 @@ def scores(y_true, y_pred):
 
     types = sorted(set(y_true))
     per = f1_score(y_true, y_pred, labels=types, average=None, zero_division=0)
-    return dict(accuracy=accuracy_score(y_true, y_pred), macro_f1=float(np.mean(per)), median_f1=float(np.median(per)))
+    return {"accuracy": accuracy_score(y_true, y_pred), "macro_f1": float(np.mean(per)),
+            "median_f1": float(np.median(per))}
 
 
 def auroc(is_novel, score_novel):
@@ -146,6 +194,10 @@ def auroc(is_novel, score_novel):
     if np.isnan(s).any() or len(set(is_novel)) < 2:
         return np.nan
     return float(roc_auc_score(is_novel, s))
+
+
+def err_text(e: Exception) -> str:
+    return f"error: {type(e).__name__}: {str(e)[:150]}"
 
 
 # ----------------------------------------------------------------------------- methods
@@ -176,22 +228,45 @@ class Quiet(contextlib.ContextDecorator):
         return False
 
 
-def run_schash(ref, qry, transform, scale, with_batch):
-    """Train one schash model; return {method name: (pred DataFrame, fit_s, predict_s)} and warnings."""
+def train_schash(ref, train_kw: dict, warn_log: Counter):
+    """One schash model on ``ref`` (batch-aware where it has >= 2 batches); returns (model, fit_s)."""
     import schash
 
     q = Quiet()
     with q:
         t0 = time.perf_counter()
-        model = schash.train(ref, cell_type_key="cell_type", batch_key="batch" if with_batch else None,
-                             n_top_genes=2000, transform=transform, scale=scale, seed=SEED, progress=False)
+        model = schash.train(ref, cell_type_key="cell_type", batch_key="batch" if has_batches(ref) else None,
+                             seed=SEED, progress=False, **train_kw)
         fit = time.perf_counter() - t0
-        out = {}
-        for method in ("anchor", "knn"):
-            t0 = time.perf_counter()
-            pred = model.predict(qry, method=method, k=15)
-            out[variant_name(transform, scale, method)] = (pred, fit, time.perf_counter() - t0)
-    return out, q.warnings
+    warn_log.update(q.warnings)
+    return model, fit
+
+
+def effective_train_kw(ref, train_kw: dict) -> dict:
+    """``train_kw`` without ``min_cells_per_type`` where every reference type has that many cells with expression.
+
+    schash then trains on the same cells as with the default (1), and with the same seed gives the same
+    model, so the configuration shares the defaults' model instead of training it again.
+    """
+    kw = dict(train_kw)
+    m = kw.get("min_cells_per_type")
+    if m is not None:
+        usable = np.asarray(ref.X.sum(axis=1)).reshape(-1) > 0
+        counts = pd.Series(ref.obs["cell_type"].astype(str).to_numpy()[usable]).value_counts()
+        if len(counts) and counts.min() >= m:
+            kw.pop("min_cells_per_type")
+    return kw
+
+
+def predict_schash(model, qry, predict_kw: dict, warn_log: Counter):
+    """(prediction DataFrame, predict_s)."""
+    q = Quiet()
+    with q:
+        t0 = time.perf_counter()
+        pred = model.predict(qry, **predict_kw)
+        dt = time.perf_counter() - t0
+    warn_log.update(q.warnings)
+    return pred, dt
 
 
 def run_celltypist(ref, qry):
@@ -252,7 +327,7 @@ def r_available():
         return {"singler": "skipped: Rscript not found", "seurat": "skipped: Rscript not found"}
     for m, pkg in (("singler", "SingleR"), ("seurat", "Seurat")):
         rc = subprocess.run(["Rscript", "-e", f"suppressPackageStartupMessages(library({pkg}))"],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, check=False)
         out[m] = None if rc.returncode == 0 else f"skipped: R package {pkg} not installed"
     return out
 
@@ -268,7 +343,7 @@ def run_r(ref_log, qry_log, methods, timeout=600):
         out = {}
         try:
             rc = subprocess.run(["Rscript", str(R_SCRIPT), str(wd), ",".join(methods)], capture_output=True,
-                                text=True, timeout=timeout)
+                                text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             return {m: f"error: Rscript timed out after {timeout}s" for m in methods}
         for m in methods:
@@ -288,17 +363,18 @@ def run_r(ref_log, qry_log, methods, timeout=600):
 # ----------------------------------------------------------------------------- tasks
 
 
-def classification_task(ds, fold, adata, peer, ref_idx, q_idx, methods, r_status, warn_log):
+def classification_task(ds, fold, adata, peer, ref_idx, q_idx, methods, r_status, warn_log, single_type=True):
+    """Rows of accuracy.csv for one fold, and rows of single_type.csv (cross-batch folds only)."""
     ref, qry = adata[ref_idx].copy(), adata[q_idx].copy()
     ref_log, qry_log = peer[ref_idx].copy(), peer[q_idx].copy()
     y_ref = ref.obs["cell_type"].astype(str).to_numpy()
     y_q = qry.obs["cell_type"].astype(str).to_numpy()
     scored = np.isin(y_q, np.unique(y_ref))
     dropped = sorted(set(y_q[~scored]))
-    with_batch = "batch" in ref.obs and ref.obs["batch"].nunique() >= 2
-    base = dict(dataset=ds, fold=fold, n_ref=len(ref_idx), n_query=len(q_idx), n_scored=int(scored.sum()),
-                n_dropped=int((~scored).sum()), dropped_types=";".join(dropped))
-    rows = []
+    kind = task_kind(fold)
+    base = {"dataset": ds, "fold": fold, "kind": kind, "n_ref": len(ref_idx), "n_query": len(q_idx),
+            "n_scored": int(scored.sum()), "n_dropped": int((~scored).sum()), "dropped_types": ";".join(dropped)}
+    rows, st_rows = [], []
 
     def add(method, labels=None, fit=np.nan, pred_s=np.nan, unassigned=np.nan, error=""):
         row = dict(base, method=method, fit_s=fit, predict_s=pred_s, unassigned_frac=unassigned, error=error)
@@ -306,40 +382,45 @@ def classification_task(ds, fold, adata, peer, ref_idx, q_idx, methods, r_status
             row.update(scores(y_q[scored], np.asarray(labels, dtype=str)[scored]))
         rows.append(row)
         shown = error or f"macroF1={row.get('macro_f1', np.nan):.3f} acc={row.get('accuracy', np.nan):.3f}"
-        print(f"  {ds:34s} {fold:22s} {method:22s} {shown}  fit={fit:.1f}s pred={pred_s:.2f}s", flush=True)
+        print(f"  {ds:34s} {fold:22s} {method:18s} {shown}  fit={fit:.1f}s pred={pred_s:.2f}s", flush=True)
 
-    variants = []
-    if "schash" in methods or "schash-knn" in methods:
-        variants.append(("log", "batch"))
-    if "schash-variants" in methods:
-        variants += [v for v in SCHASH_VARIANTS if v != ("log", "batch")]
-    for transform, scale in variants:
+    # schash: one model per distinct set of (effective) training arguments
+    groups: dict[tuple, list[str]] = {}
+    for name in schash_methods(methods):
+        groups.setdefault(tuple(sorted(effective_train_kw(ref, SCHASH_CONFIGS[name][0]).items())), []).append(name)
+    for key, names in groups.items():
         try:
-            res, w = run_schash(ref, qry, transform, scale, with_batch)
-            warn_log.update(w)
-            for name, (pred, fit, pred_s) in res.items():
-                if name == "schash-knn" and "schash-knn" not in methods:
-                    continue
-                if name == "schash" and "schash" not in methods:
-                    continue
-                unas = float((pred["pruned_label"].astype(str).to_numpy()[scored] == "Unassigned").mean())
-                add(name, pred["label"].astype(str).to_numpy(), fit, pred_s, unas)
+            model, fit = train_schash(ref, dict(key), warn_log)
         except Exception as e:  # noqa: BLE001 - a benchmark records and goes on
-            for m in ("anchor", "knn"):
-                add(variant_name(transform, scale, m), error=f"error: {type(e).__name__}: {str(e)[:150]}")
+            for name in names:
+                add(name, error=err_text(e))
+            continue
+        for name in names:
+            try:
+                pred, pred_s = predict_schash(model, qry, SCHASH_CONFIGS[name][1], warn_log)
+            except Exception as e:  # noqa: BLE001
+                add(name, error=err_text(e))
+                continue
+            unas = float((pred["pruned_label"].astype(str).to_numpy()[scored] == "Unassigned").mean())
+            add(name, pred["label"].astype(str).to_numpy(), fit, pred_s, unas)
+            if single_type and kind == "cross-batch" and name in SINGLE_TYPE_VARIANTS:
+                try:
+                    st_rows += single_type_rows(base, name, model, qry, pred, scored, warn_log)
+                except Exception as e:  # noqa: BLE001
+                    st_rows.append({"dataset": ds, "fold": fold, "variant": name, "error": err_text(e)})
     if "celltypist" in methods:
         try:
             labels, _, fit, pred_s, w = run_celltypist(ref, qry)
             warn_log.update({f"[celltypist] {k}": v for k, v in w.items()})
             add("celltypist", labels, fit, pred_s)
         except Exception as e:  # noqa: BLE001
-            add("celltypist", error=f"error: {type(e).__name__}: {str(e)[:150]}")
+            add("celltypist", error=err_text(e))
     if "knn-pca" in methods:
         try:
             labels, _, fit, pred_s, _w = run_knn_pca(ref_log, qry_log)
             add("knn-pca", labels, fit, pred_s)
         except Exception as e:  # noqa: BLE001
-            add("knn-pca", error=f"error: {type(e).__name__}: {str(e)[:150]}")
+            add("knn-pca", error=err_text(e))
     r_methods = [m for m in ("singler", "seurat") if m in methods]
     for m in r_methods:
         if r_status.get(m):
@@ -349,70 +430,86 @@ def classification_task(ds, fold, adata, peer, ref_idx, q_idx, methods, r_status
         try:
             res = run_r(ref_log, qry_log, todo)
         except Exception as e:  # noqa: BLE001
-            res = {m: f"error: {type(e).__name__}: {str(e)[:150]}" for m in todo}
+            res = {m: err_text(e) for m in todo}
         for m in todo:
             if isinstance(res[m], str):
                 add(m, error=res[m])
             else:
                 labels, _, fit, pred_s = res[m]
                 add(m, labels, fit, pred_s)
+    return rows, st_rows
+
+
+def single_type_rows(base, variant, model, qry, full_pred, scored, warn_log):
+    """Annotate each query type alone and a skewed query with the fold's model; compare with the full query."""
+    y_q = qry.obs["cell_type"].astype(str).to_numpy()
+    full = full_pred["label"].astype(str).to_numpy()
+    full_pruned = full_pred["pruned_label"].astype(str).to_numpy()
+    counts = pd.Series(y_q[scored]).value_counts()
+    subsets = [("single type", t, np.flatnonzero(scored & (y_q == t))) for t in counts.index
+               if counts[t] >= MIN_SINGLE_TYPE]
+    if len(counts) >= 2:
+        major = counts.index[0]
+        maj_idx = np.flatnonzero(scored & (y_q == major))
+        others = np.flatnonzero(scored & (y_q != major))
+        n_other = min(len(others), max(1, round(len(maj_idx) / 9)))  # 10 % of the skewed query
+        pick = np.random.default_rng(SEED).choice(others, size=n_other, replace=False)
+        subsets.append(("skewed", f"{major} 90%", np.sort(np.concatenate([maj_idx, pick]))))
+    rows = []
+    for query, subset, idx in subsets:
+        pred, _ = predict_schash(model, qry[idx].copy(), SCHASH_CONFIGS[variant][1], warn_log)
+        lab = pred["label"].astype(str).to_numpy()
+        pruned = pred["pruned_label"].astype(str).to_numpy()
+        acc_alone, acc_full = float((lab == y_q[idx]).mean()), float((full[idx] == y_q[idx]).mean())
+        rows.append({"dataset": base["dataset"], "fold": base["fold"], "variant": variant, "query": query,
+                     "subset": subset, "n_cells": len(idx), "agreement": float((lab == full[idx]).mean()),
+                     "pruned_agreement": float((pruned == full_pruned[idx]).mean()),
+                     "acc_alone": acc_alone, "acc_in_full": acc_full, "acc_diff": acc_alone - acc_full, "error": ""})
     return rows
 
 
-def novelty_scores(prefix, pred, novel):
-    """AUROC of confidence and typicality, and the Unassigned fractions, of one schash prediction."""
-    un = pred["pruned_label"].astype(str).to_numpy() == "Unassigned"
-    return {f"{prefix}_confidence": auroc(novel, -pred["confidence"].to_numpy()),
-            f"{prefix}_typicality": auroc(novel, -pred["typicality"].to_numpy()),
-            f"{prefix}_unassigned_left_out": float(un[novel == 1].mean()),
-            f"{prefix}_unassigned_known": float(un[novel == 0].mean())}
+def novelty_folds(folds):
+    """The first fold and the fold with the largest query batch (once if the same)."""
+    first = folds[0]
+    largest = max(folds, key=lambda f: len(f[2]))
+    return [first] if largest[0] == first[0] else [first, largest]
 
 
-def novelty_tasks(ds, adata, peer, ref_idx, q_idx, methods, warn_log, n_left_out=2):
-    """Leave each of the largest reference types out in turn; AUROC of confidences for the left-out cells."""
+def novelty_tasks(ds, adata, fold, ref_idx, q_idx, methods, warn_log):
+    """Leave each reference type with >= MIN_LEFT_OUT cells in reference and query out in turn."""
     y = adata.obs["cell_type"].astype(str).to_numpy()
     ref_types = pd.Series(y[ref_idx]).value_counts()
-    if len(ref_types) < 3:
-        return []
     q_idx = q_idx[np.isin(y[q_idx], ref_types.index)]  # only one kind of novelty: the left-out type
-    cands = [t for t in ref_types.index if (y[q_idx] == t).sum() >= 5][:n_left_out]
+    q_types = pd.Series(y[q_idx]).value_counts()
+    if len(ref_types) - 1 < 2:
+        return []
+    cands = [t for t in ref_types.index if ref_types[t] >= MIN_LEFT_OUT and q_types.get(t, 0) >= MIN_LEFT_OUT]
+    qry = adata[q_idx].copy()
     rows = []
     for t in cands:
         r_idx = ref_idx[y[ref_idx] != t]
-        ref, qry = adata[r_idx].copy(), adata[q_idx].copy()
+        ref = adata[r_idx].copy()
         novel = (y[q_idx] == t).astype(int)
-        with_batch = "batch" in ref.obs and ref.obs["batch"].nunique() >= 2
-        row = dict(dataset=ds, left_out=t, n_left_out=int(novel.sum()), n_known=int((1 - novel).sum()))
+        row = {"dataset": ds, "fold": fold, "left_out": t, "n_ref": len(r_idx), "n_left_out": int(novel.sum()),
+               "n_known": int((1 - novel).sum())}
         if "schash" in methods:
             try:
-                res, w = run_schash(ref, qry, "log", "batch", with_batch)
-                warn_log.update(w)
-                pa, pk = res["schash"][0], res["schash-knn"][0]
-                row.update(novelty_scores("schash", pa, novel))
-                row["schash_distance"] = auroc(novel, pa["distance"].to_numpy())
-                row["schash-knn_confidence"] = auroc(novel, -pk["confidence"].to_numpy())
+                model, fit = train_schash(ref, {}, warn_log)
+                pred, _ = predict_schash(model, qry, {}, warn_log)
+                un = pred["pruned_label"].astype(str).to_numpy() == "Unassigned"
+                row.update(schash_confidence=auroc(novel, 1 - pred["confidence"].to_numpy()),
+                           schash_typicality=auroc(novel, 1 - pred["typicality"].to_numpy()),
+                           schash_unassigned_left_out=float(un[novel == 1].mean()),
+                           schash_unassigned_known=float(un[novel == 0].mean()), schash_fit_s=fit)
             except Exception as e:  # noqa: BLE001
-                row["schash_error"] = f"error: {type(e).__name__}: {str(e)[:150]}"
-        if "schash-variants" in methods:  # scale="reference": the query is not standardised on its own
-            try:
-                res, w = run_schash(ref, qry, "log", "reference", with_batch)
-                warn_log.update(w)
-                row.update(novelty_scores("schash-log-ref", res["schash-log-ref"][0], novel))
-            except Exception as e:  # noqa: BLE001
-                row["schash-log-ref_error"] = f"error: {type(e).__name__}: {str(e)[:150]}"
+                row["schash_error"] = err_text(e)
         if "celltypist" in methods:
             try:
                 _, maxprob, *_ = run_celltypist(ref, qry)
-                row["celltypist_maxprob"] = auroc(novel, -maxprob)
+                row["celltypist_maxprob"] = auroc(novel, 1 - maxprob)
             except Exception as e:  # noqa: BLE001
-                row["celltypist_error"] = f"error: {type(e).__name__}: {str(e)[:150]}"
-        if "knn-pca" in methods:
-            try:
-                _, frac, *_ = run_knn_pca(peer[r_idx].copy(), peer[q_idx].copy())
-                row["knn-pca_maxfrac"] = auroc(novel, -frac)
-            except Exception as e:  # noqa: BLE001
-                row["knn-pca_error"] = f"error: {type(e).__name__}: {str(e)[:150]}"
-        print(f"  novelty {ds:34s} left out {t!r}: " + ", ".join(
+                row["celltypist_error"] = err_text(e)
+        print(f"  novelty {ds:34s} {fold:18s} left out {t!r}: " + ", ".join(
             f"{k}={v:.3f}" for k, v in row.items() if isinstance(v, float)), flush=True)
         rows.append(row)
     return rows
@@ -421,8 +518,10 @@ def novelty_tasks(ds, adata, peer, ref_idx, q_idx, methods, warn_log, n_left_out
 # ----------------------------------------------------------------------------- report
 
 
-def fmt(x, nd=3):
-    return "" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{nd}f}"
+def fmt(x, nd=3, sign=False):
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return ""
+    return f"{x:+.{nd}f}" if sign else f"{x:.{nd}f}"
 
 
 def md_table(df: pd.DataFrame) -> str:
@@ -438,30 +537,77 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
     for (ds, m), g in rows.groupby(["dataset", "method"], sort=False):
         ok = g[g["error"].fillna("") == ""]
         errs = sorted(set(g["error"].fillna("")) - {""})
-        rec = dict(dataset=ds, method=m, folds=len(g), ok=len(ok), note="; ".join(errs))
+        rec = {"dataset": ds, "method": m, "folds": len(g), "ok": len(ok), "note": "; ".join(errs)}
         for c in ("macro_f1", "accuracy", "median_f1", "fit_s", "predict_s", "unassigned_frac"):
             rec[c] = ok[c].mean() if len(ok) and c in ok else np.nan
         out.append(rec)
     return pd.DataFrame(out)
 
 
-def versions():
-    pk = {}
-    for name in ("schash-annotate", "torch", "scanpy", "anndata", "scikit-learn", "celltypist", "faiss-cpu", "numpy"):
-        try:
-            pk[name] = version(name)
-        except PackageNotFoundError:
-            pk[name] = "not installed"
-    if shutil.which("Rscript"):
-        rc = subprocess.run(["Rscript", "-e", 'cat(R.version$major, ".", R.version$minor, sep=""); for (p in c("SingleR", "Seurat")) '
-                             'cat("", p, tryCatch(as.character(packageVersion(p)), error=function(e) "absent"))'],
-                            capture_output=True, text=True)
-        pk["R"] = rc.stdout.strip()
-    return pk
+def gaps(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per (task, schash method): best peer on that task and the gap in macro F1."""
+    out = []
+    ok = rows[rows["error"].fillna("") == ""]
+    for (ds, fold), g in ok.groupby(["dataset", "fold"], sort=False):
+        f1 = dict(zip(g["method"], g["macro_f1"].astype(float)))
+        peers = {m: v for m, v in f1.items() if m in PEERS and not np.isnan(v)}
+        if not peers:
+            continue
+        best = max(peers, key=peers.get)
+        for m in SCHASH_CONFIGS:
+            if m in f1 and not np.isnan(f1[m]):
+                out.append({"dataset": ds, "fold": fold, "kind": task_kind(fold), "best_peer": best,
+                            "best_peer_f1": peers[best], "method": m, "f1": f1[m], "gap": f1[m] - peers[best]})
+    return pd.DataFrame(out)
 
 
-def write_report(out: Path, rows: pd.DataFrame, nov: pd.DataFrame, meta: dict, warn_log: Counter, notes: list[str]):
+def gap_summary(gp: pd.DataFrame) -> pd.DataFrame:
+    out = []
+    for scope, sub in (("cross-batch", gp[gp["kind"] == "cross-batch"]), ("all", gp)):
+        for m in [m for m in SCHASH_CONFIGS if m in set(sub["method"])]:
+            g = sub[sub["method"] == m]
+            w = g.loc[g["gap"].idxmin()]
+            out.append({"tasks": scope, "configuration": m,
+                        ">= best peer − 0.02": f"{int((g['gap'] >= -0.02 - 1e-9).sum())} / {len(g)}",
+                        ">= best peer": f"{int((g['gap'] >= -1e-9).sum())} / {len(g)}",
+                        "mean gap": fmt(g["gap"].mean(), sign=True),
+                        "worst gap (task)": f"{fmt(w['gap'], sign=True)} ({w['dataset']} {w['fold']})"})
+    return pd.DataFrame(out)
+
+
+def single_type_summary(st: pd.DataFrame):
+    """Per (dataset, fold, variant): cell-weighted single-type and skewed figures; and means per variant."""
+    st = st[st["error"].fillna("") == ""] if "error" in st else st
+    per = []
+    for (ds, fold, var), g in st.groupby(["dataset", "fold", "variant"], sort=False):
+        rec = {"dataset": ds, "fold": fold, "variant": var}
+        s = g[g["query"] == "single type"]
+        if len(s):
+            w = s["n_cells"].to_numpy(dtype=float)
+            worst = s.loc[s["agreement"].idxmin()]
+            rec.update(types=len(s), cells=int(w.sum()),
+                       agreement=np.average(s["agreement"], weights=w),
+                       acc_alone=np.average(s["acc_alone"], weights=w),
+                       acc_in_full=np.average(s["acc_in_full"], weights=w),
+                       lowest=f"{fmt(worst['agreement'])} ({worst['subset']})")
+            rec["acc_diff"] = rec["acc_alone"] - rec["acc_in_full"]
+        k = g[g["query"] == "skewed"]
+        if len(k):
+            k = k.iloc[0]
+            rec.update(skew_subset=k["subset"], skew_cells=int(k["n_cells"]), skew_agreement=k["agreement"],
+                       skew_acc_alone=k["acc_alone"], skew_acc_in_full=k["acc_in_full"], skew_acc_diff=k["acc_diff"])
+        per.append(rec)
+    per = pd.DataFrame(per)
+    num = [c for c in ("agreement", "acc_alone", "acc_in_full", "acc_diff", "skew_agreement", "skew_acc_alone",
+                       "skew_acc_in_full", "skew_acc_diff") if c in per]
+    means = per.groupby("variant", sort=False)[num].mean() if len(per) else pd.DataFrame()
+    return per, means
+
+
+def write_report(out: Path, rows: pd.DataFrame, st: pd.DataFrame, nov: pd.DataFrame, meta: dict, warn_log: Counter,
+                 notes: list[str]):
     agg = aggregate(rows)
+    present = [m for m in SCHASH_CONFIGS if m in set(rows["method"])]
     lines = ["# schash accuracy benchmark\n",
              f"- date: {meta['date']}",
              f"- command: `{meta['command']}`",
@@ -469,12 +615,20 @@ def write_report(out: Path, rows: pd.DataFrame, nov: pd.DataFrame, meta: dict, w
              f"- wall time: {meta['wall_s']:.0f} s",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
              "",
-             "Tasks: leave-one-batch-out where a dataset has >= 2 batches, else a stratified random 50/50 split "
-             "(seed 0). Query cells of types missing from the reference are predicted but not scored. "
-             "Scores use each method's unpruned label; `unassigned` is the fraction of scored query cells schash's "
-             "`pruned_label` leaves Unassigned. Macro F1 and median F1 are over the query's scored types. "
-             "Times are per fold in seconds (R methods: inside R, excluding R start-up; Seurat's fit includes "
-             "finding transfer anchors, which needs the query). All values are means over folds.",
+             ("Tasks: leave-one-batch-out (`cross-batch`) where a dataset has >= 2 batches, else a stratified random "
+              "50/50 split (`random split`, seed 0). Query cells of types missing from the reference are predicted but "
+              "not scored. Scores use each method's unpruned label; `unassigned` is the fraction of scored query cells "
+              "schash's `pruned_label` leaves Unassigned. Macro F1 and median F1 are over the query's scored types. "
+              "Times are per fold in seconds (R methods: inside R, excluding R start-up; Seurat's fit includes "
+              "finding transfer anchors, which needs the query)."),
+             "",
+             ("schash configurations (every one trained with seed 0 and `batch_key=\"batch\"` where the reference "
+              "has >= 2 batches; configurations with the same training arguments share one model, and so does "
+              "`schash-min10` with `schash` on folds where every reference type has >= 10 cells):"),
+             ""] + [f"- `{m}`: {SCHASH_TEXT[m]}" for m in present] + [
+             "",
+             ("Peers: `celltypist` (logistic regression, use_SGD=False), `knn-pca` (2000 HVG of the reference, "
+              "reference-scaled, PCA 50, k=15), `singler` and `seurat` (label transfer, PCA 30) in R."),
              ""]
     if notes:
         lines += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
@@ -487,68 +641,111 @@ def write_report(out: Path, rows: pd.DataFrame, nov: pd.DataFrame, meta: dict, w
         "median F1": [fmt(v) for v in t["median_f1"]], "fit s": [fmt(v, 1) for v in t["fit_s"]],
         "predict s": [fmt(v, 2) for v in t["predict_s"]], "unassigned": [fmt(v) for v in t["unassigned_frac"]],
         "note": t["note"].str.slice(0, 120)})
-    lines += ["## 1. Accuracy per dataset and method\n", md_table(t1), ""]
-
+    lines += ["## 1. Accuracy per dataset and method (means over folds)\n", md_table(t1), ""]
     drops = rows.drop_duplicates(["dataset", "fold"])
     drops = drops[drops["n_dropped"] > 0]
     if len(drops):
         lines += ["Query cells not scored (type absent from the reference): " + "; ".join(
             f"{r.dataset} {r.fold}: {r.n_dropped} ({r.dropped_types})" for r in drops.itertuples()), ""]
 
-    # 2. ratios
-    peer_rows, var_rows = [], []
-    sch = [m for m in agg["method"].unique() if m.startswith("schash")]
-    for ds, g in agg.groupby("dataset", sort=False):
-        f1 = dict(zip(g["method"], g["macro_f1"]))
-        peers = {m: v for m, v in f1.items() if m in PEERS and not np.isnan(v)}
-        best_peer = max(peers, key=peers.get) if peers else None
-        svals = {m: v for m, v in f1.items() if m in sch and not np.isnan(v)}
-        best_s = max(svals, key=svals.get) if svals else None
-        tied = [m for m in svals if svals[m] >= svals[best_s] - 1e-9] if svals else []
-        bp = peers.get(best_peer, np.nan)
-        peer_rows.append({
-            "dataset": ds, "schash": fmt(f1.get("schash", np.nan)), "schash-knn": fmt(f1.get("schash-knn", np.nan)),
-            "best peer": f"{best_peer} {fmt(bp)}" if best_peer else "",
-            "schash / best peer": fmt(f1.get("schash", np.nan) / bp if bp else np.nan),
-            "schash-knn / best peer": fmt(f1.get("schash-knn", np.nan) / bp if bp else np.nan),
-            "best schash variant": f"{best_s} {fmt(svals.get(best_s, np.nan))}" if best_s else "",
-            "best variant / best peer": fmt(svals[best_s] / bp if best_s and bp else np.nan)})
-        var_rows.append({"dataset": ds, **{m: fmt(f1.get(m, np.nan)) for m in sch},
-                         "best": "all tied" if len(tied) == len(svals) else ", ".join(tied), "_tied": tied})
-    lines += ["## 2. schash against the best peer (macro F1 ratio)\n",
-              "Peers: " + ", ".join(PEERS) + ".\n", md_table(pd.DataFrame(peer_rows)), ""]
-    if var_rows and len(sch) > 2:
-        vt = pd.DataFrame(var_rows)
-        wins = Counter(m for tied in vt.pop("_tied") for m in tied)
-        mean_f1 = agg[agg["method"].isin(sch)].groupby("method")["macro_f1"].mean()
-        lines += ["### schash variants (macro F1; transform × scale, anchor vs knn)\n", md_table(vt), "",
-                  "Datasets where a variant is best or tied for best: " + ", ".join(f"{k} {v}" for k, v in wins.most_common()) + ".  "
-                  "Mean macro F1 over datasets: " + ", ".join(f"{k} {v:.3f}" for k, v in
-                                                              mean_f1.sort_values(ascending=False).items()) + ".", ""]
+    # 2. gap to the best peer per task
+    gp = gaps(rows)
+    if len(gp):
+        lines += ["## 2. Gap to the best peer per task\n",
+                  "Per task (fold), the best of " + ", ".join(PEERS) + " by macro F1 (a peer that failed on a task "
+                  "is ignored there) and each schash configuration's macro F1 minus it (negative: behind).\n"]
+        tab = []
+        for (ds, fold), g in gp.groupby(["dataset", "fold"], sort=False):
+            gm = dict(zip(g["method"], g["gap"]))
+            f1 = dict(zip(g["method"], g["f1"]))
+            r0 = g.iloc[0]
+            rec = {"dataset": ds, "fold": fold, "kind": r0["kind"], "best peer": r0["best_peer"],
+                   "peer F1": fmt(r0["best_peer_f1"]), "schash F1": fmt(f1.get("schash", np.nan)),
+                   "gap": fmt(gm.get("schash", np.nan), sign=True)}
+            for m in present:
+                if m != "schash":
+                    rec[f"gap {m}"] = fmt(gm.get(m, np.nan), sign=True)
+            tab.append(rec)
+        lines += [md_table(pd.DataFrame(tab)), "", "### Summary per configuration\n",
+                  ("Tasks where the configuration is within 0.02 of the best peer, at or above it, the mean gap and "
+                   "the worst gap; cross-batch tasks and all tasks.\n"), md_table(gap_summary(gp)), ""]
 
-    # 3. novelty
+    # 3. single-type and skewed queries
+    if len(st) and "agreement" in st:
+        per, means = single_type_summary(st)
+        show = pd.DataFrame({
+            "dataset": per["dataset"], "fold": per["fold"], "variant": per["variant"],
+            "types": per.get("types", ""), "cells": per.get("cells", ""),
+            "agreement": [fmt(v) for v in per.get("agreement", [])],
+            "lowest (type)": per.get("lowest", ""),
+            "acc alone": [fmt(v) for v in per.get("acc_alone", [])],
+            "acc in full": [fmt(v) for v in per.get("acc_in_full", [])],
+            "diff": [fmt(v, sign=True) for v in per.get("acc_diff", [])],
+            "skewed query": per.get("skew_subset", ""), "skewed cells": per.get("skew_cells", ""),
+            "skewed agreement": [fmt(v) for v in per.get("skew_agreement", [])],
+            "skewed acc alone": [fmt(v) for v in per.get("skew_acc_alone", [])],
+            "skewed acc in full": [fmt(v) for v in per.get("skew_acc_in_full", [])],
+            "skewed diff": [fmt(v, sign=True) for v in per.get("skew_acc_diff", [])]})
+        lines += ["## 3. Calls independent of the rest of the query\n",
+                  ("Cross-batch folds. The fold's model annotates (a) each query type alone (types with >= "
+                   f"{MIN_SINGLE_TYPE} scored cells) and (b) a skewed query: every cell of the most frequent type plus a "
+                   "random (seed 0) subset of the other types' cells making up 10 %. `agreement`: fraction of those "
+                   "cells whose label equals their label in the full-query prediction (single types: pooled over the "
+                   "types, `lowest`: the type with the lowest agreement); `acc alone` / `acc in full`: accuracy of "
+                   "those cells annotated on their own / inside the full query; `diff` = alone − in full. "
+                   "Rows per subset: `single_type.csv`.\n"), md_table(show), ""]
+        if len(means):
+            mt = means.reset_index()
+            names = {"agreement": "agreement", "acc_alone": "acc alone", "acc_in_full": "acc in full",
+                     "acc_diff": "diff", "skew_agreement": "skewed agreement", "skew_acc_alone": "skewed acc alone",
+                     "skew_acc_in_full": "skewed acc in full", "skew_acc_diff": "skewed diff"}
+            lines += ["Means over folds (single types: cell-weighted within a fold):", "", md_table(pd.DataFrame(
+                {names.get(c, c): (mt[c] if c == "variant" else [fmt(v, sign=c.endswith("diff")) for v in mt[c]])
+                 for c in mt.columns})), ""]
+    if len(st) and "error" in st and (st["error"].fillna("") != "").any():
+        lines += ["Errors: " + "; ".join(f"{r.dataset} {r.fold} {r.variant}: {r.error}"
+                                         for r in st[st["error"].fillna("") != ""].itertuples()), ""]
+
+    # 4. unknown types across batches
     if len(nov):
-        cols = [c for c in ("dataset", "left_out", "n_left_out", "n_known", "schash_confidence", "schash-knn_confidence",
-                            "schash_typicality", "schash_distance", "celltypist_maxprob", "knn-pca_maxfrac",
-                            "schash_unassigned_left_out", "schash_unassigned_known", "schash-log-ref_confidence",
-                            "schash-log-ref_typicality", "schash-log-ref_unassigned_left_out",
-                            "schash-log-ref_unassigned_known") if c in nov]
+        cols = [c for c in ("dataset", "fold", "left_out", "n_ref", "n_left_out", "n_known", "schash_confidence",
+                            "schash_typicality", "celltypist_maxprob", "schash_unassigned_left_out",
+                            "schash_unassigned_known") if c in nov]
         nt = nov[cols].copy()
-        for c in cols[4:]:
-            nt[c] = [fmt(v) for v in nt[c]]
+        for c in cols:
+            if c in ("schash_confidence", "schash_typicality", "celltypist_maxprob", "schash_unassigned_left_out",
+                     "schash_unassigned_known"):
+                nt[c] = [fmt(v) for v in nt[c]]
+        nt = nt.rename(columns={"schash_confidence": "AUROC schash 1−confidence",
+                                "schash_typicality": "AUROC schash 1−typicality",
+                                "celltypist_maxprob": "AUROC celltypist 1−maxprob",
+                                "schash_unassigned_left_out": "Unassigned left-out",
+                                "schash_unassigned_known": "Unassigned known"})
         errc = [c for c in nov.columns if c.endswith("_error")]
         if errc:
-            nt["note"] = nov[errc].fillna("").agg(" ".join, axis=1).str.strip().str.slice(0, 120)
-        lines += ["## 3. Unknown-type detection (AUROC, left-out type = positive, low score = novel)\n",
-                  "First fold of each dataset; each of the two largest reference types is removed from the "
-                  "reference in turn; query cells of other types missing from the reference are left out. "
-                  "AUROC of: schash `confidence` (anchor / knn), `typicality`, anchor `distance` (high = novel); "
-                  "CellTypist max probability; kNN-PCA max class fraction. `*_unassigned_*`: fraction of "
-                  "left-out / known-type query cells schash's `pruned_label` marks Unassigned. `schash-log-ref_*`: the "
-                  "same with `scale=\"reference\"` (the query standardised with the reference's statistics).\n",
-                  md_table(nt), ""]
-        means = {c: np.nanmean(nov[c].to_numpy(dtype=float)) for c in cols[4:]}
-        lines += ["Means: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()), ""]
+            nt["note"] = nov[errc].fillna("").astype(str).agg(" ".join, axis=1).str.strip().str.slice(0, 120)
+        lines += ["## 4. Unknown types across batches\n",
+                  ("Datasets with >= 2 batches; the first leave-one-batch-out fold and the fold whose query batch is "
+                   f"the largest. Each reference type with >= {MIN_LEFT_OUT} cells in both reference and query is "
+                   "removed from the reference in turn (schash defaults and CellTypist trained on the reduced "
+                   "reference); the query holds the query cells of the types in the full reference, so the left-out "
+                   "type is the only novelty. AUROC of `1 − confidence`, `1 − typicality` (schash) and "
+                   "`1 − max probability` (CellTypist) with the left-out cells as positives; `Unassigned`: fraction "
+                   "of left-out / known-type query cells schash's `pruned_label` marks Unassigned.\n"), md_table(nt), ""]
+        mean = {c: np.nanmean(nov[c].to_numpy(dtype=float)) if c in nov else np.nan
+                for c in ("schash_confidence", "schash_typicality", "celltypist_maxprob", "schash_unassigned_left_out",
+                          "schash_unassigned_known")}
+        hold = {
+            f"mean Unassigned left-out >= {TARGETS['unassigned_left_out']:.2f}":
+                mean["schash_unassigned_left_out"] >= TARGETS["unassigned_left_out"],
+            f"mean Unassigned known <= {TARGETS['unassigned_known']:.2f}":
+                mean["schash_unassigned_known"] <= TARGETS["unassigned_known"],
+            f"mean AUROC (1 − confidence) >= {TARGETS['auroc']:.2f}": mean["schash_confidence"] >= TARGETS["auroc"]}
+        lines += [f"Summary over {len(nov)} tasks: mean AUROC schash 1−confidence {fmt(mean['schash_confidence'])}, "
+                  f"1−typicality {fmt(mean['schash_typicality'])}, CellTypist 1−maxprob "
+                  f"{fmt(mean['celltypist_maxprob'])}; mean Unassigned left-out {fmt(mean['schash_unassigned_left_out'])}"
+                  f" / known {fmt(mean['schash_unassigned_known'])}. Targets: " + "; ".join(
+                      f"{k}: {'holds' if v else 'MISSED'}" for k, v in hold.items()) + ".", ""]
 
     if warn_log:
         lines += ["## Warnings raised during the run (count)\n"] + [
@@ -558,7 +755,26 @@ def write_report(out: Path, rows: pd.DataFrame, nov: pd.DataFrame, meta: dict, w
     return text
 
 
+def versions():
+    pk = {}
+    for name in ("schash-annotate", "torch", "scanpy", "anndata", "scikit-learn", "celltypist", "faiss-cpu", "numpy"):
+        try:
+            pk[name] = version(name)
+        except PackageNotFoundError:
+            pk[name] = "not installed"
+    if shutil.which("Rscript"):
+        rc = subprocess.run(["Rscript", "-e", ('cat(R.version$major, ".", R.version$minor, sep=""); for (p in c("SingleR", "Seurat")) '
+                              'cat("", p, tryCatch(as.character(packageVersion(p)), error=function(e) "absent"))')],
+                            capture_output=True, text=True, check=False)
+        pk["R"] = rc.stdout.strip()
+    return pk
+
+
 # ----------------------------------------------------------------------------- main
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path) if path.exists() and path.stat().st_size > 1 else pd.DataFrame()
 
 
 def main(argv=None):
@@ -566,19 +782,22 @@ def main(argv=None):
     ap.add_argument("data_dir", type=Path)
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--methods", nargs="+", default=ALL_METHODS, choices=ALL_METHODS)
+    ap.add_argument("--datasets", nargs="+", metavar="NAME", help="only these datasets (file stems)")
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK_DATASETS)} (smoke test)")
-    ap.add_argument("--no-novelty", action="store_true", help="skip the unknown-type detection tasks")
+    ap.add_argument("--no-novelty", action="store_true", help="skip the unknown-type tasks")
+    ap.add_argument("--no-single-type", action="store_true", help="skip the single-type and skewed queries")
     ap.add_argument("--report-only", action="store_true",
-                    help="rebuild OUT/accuracy.md from OUT/accuracy.csv, novelty.csv and accuracy_meta.json")
+                    help="rebuild OUT/accuracy.md from OUT/accuracy.csv, single_type.csv, novelty.csv and "
+                         "accuracy_meta.json")
     args = ap.parse_args(argv)
     if args.report_only:
         meta = json.loads((args.out / "accuracy_meta.json").read_text())
-        nov_path = args.out / "novelty.csv"
-        nov = pd.read_csv(nov_path) if nov_path.exists() and nov_path.stat().st_size > 1 else pd.DataFrame()
         rows = pd.read_csv(args.out / "accuracy.csv", keep_default_na=False, na_values=[""])
         rows["error"] = rows["error"].fillna("")
         rows["dropped_types"] = rows["dropped_types"].fillna("")
-        print(write_report(args.out, rows, nov, meta, Counter(meta.pop("warnings", {})), meta.pop("notes", [])))
+        st = read_csv(args.out / "single_type.csv")
+        nov = read_csv(args.out / "novelty.csv")
+        print(write_report(args.out, rows, st, nov, meta, Counter(meta.pop("warnings", {})), meta.pop("notes", [])))
         return
     if not args.data_dir.is_dir():
         sys.exit(f"data directory {args.data_dir} not found: pass the folder with the benchmark .h5ad files")
@@ -588,6 +807,11 @@ def main(argv=None):
     files = sorted(args.data_dir.glob("*.h5ad"))
     if args.quick:
         files = [f for f in files if f.stem in QUICK_DATASETS]
+    if args.datasets:
+        missing = sorted(set(args.datasets) - {f.stem for f in files})
+        if missing:
+            sys.exit(f"no such dataset in {args.data_dir}: {', '.join(missing)}")
+        files = [f for f in files if f.stem in args.datasets]
     if not files:
         sys.exit(f"no .h5ad files in {args.data_dir}")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -595,7 +819,13 @@ def main(argv=None):
     r_status = r_available() if {"singler", "seurat"} & set(args.methods) else {}
     notes = [f"{m}: {s}" for m, s in r_status.items() if s]
     warn_log: Counter = Counter()
-    rows, nov = [], []
+    rows, st, nov = [], [], []
+
+    def save():
+        pd.DataFrame(rows).to_csv(args.out / "accuracy.csv", index=False)
+        pd.DataFrame(st).to_csv(args.out / "single_type.csv", index=False)
+        pd.DataFrame(nov).to_csv(args.out / "novelty.csv", index=False)
+
     for f in files:
         ds = f.stem
         with warnings.catch_warnings():
@@ -606,23 +836,23 @@ def main(argv=None):
             adata.obs["batch"] = adata.obs["batch"].astype(str)
         peer = log_normalised(adata)
         print(f"{ds}: {adata.n_obs} cells × {adata.n_vars} genes, X={adata.uns.get('X_kind')}", flush=True)
-        first = None
-        for fold, r_idx, q_idx in splits(adata):
-            first = first or (r_idx, q_idx)
-            rows += classification_task(ds, fold, adata, peer, r_idx, q_idx, args.methods, r_status, warn_log)
-        if not args.no_novelty:
-            nov += novelty_tasks(ds, adata, peer, *first, args.methods, warn_log)
-        pd.DataFrame(rows).to_csv(args.out / "accuracy.csv", index=False)
-        pd.DataFrame(nov).to_csv(args.out / "novelty.csv", index=False)
-    rows_df, nov_df = pd.DataFrame(rows), pd.DataFrame(nov)
-    rows_df.to_csv(args.out / "accuracy.csv", index=False)
-    nov_df.to_csv(args.out / "novelty.csv", index=False)
-    meta = dict(date=datetime.datetime.now().isoformat(timespec="seconds"),
-                command="python bench/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                machine=f"{platform.platform()}, {os.cpu_count()} CPUs (nproc), Python {platform.python_version()}",
-                wall_s=time.perf_counter() - t_start, versions=versions())
+        folds = splits(adata)
+        for fold, r_idx, q_idx in folds:
+            r, s = classification_task(ds, fold, adata, peer, r_idx, q_idx, args.methods, r_status, warn_log,
+                                       single_type=not args.no_single_type)
+            rows += r
+            st += s
+        if not args.no_novelty and has_batches(adata):
+            for fold, r_idx, q_idx in novelty_folds(folds):
+                nov += novelty_tasks(ds, adata, fold, r_idx, q_idx, args.methods, warn_log)
+        save()
+    save()
+    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "command": "python bench/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "machine": f"{platform.platform()}, {os.cpu_count()} CPUs (nproc), Python {platform.python_version()}",
+            "wall_s": time.perf_counter() - t_start, "versions": versions()}
     (args.out / "accuracy_meta.json").write_text(json.dumps(dict(meta, notes=notes, warnings=dict(warn_log)), indent=1))
-    print(write_report(args.out, rows_df, nov_df, meta, warn_log, notes))
+    print(write_report(args.out, pd.DataFrame(rows), pd.DataFrame(st), pd.DataFrame(nov), meta, warn_log, notes))
 
 
 if __name__ == "__main__":

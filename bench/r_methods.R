@@ -55,7 +55,10 @@ run_seurat <- function() {
                                  k.score = min(30, nd - 1), verbose = FALSE)
   t1 <- proc.time()[["elapsed"]]
   na <- nrow(anchors@anchors)
-  kw <- max(2, min(50, floor(na / 2), ncol(ref) - 1))
+  # TransferData weights each query cell by its k.weight nearest query cells that carry an anchor:
+  # k.weight may not exceed their number (small queries)
+  nq <- length(unique(anchors@anchors[, "cell2"]))
+  kw <- max(2, min(50, floor(na / 2), ncol(ref) - 1, nq))
   pred <- TransferData(anchorset = anchors, refdata = r$celltype, dims = 1:nd, k.weight = kw, verbose = FALSE)
   t2 <- proc.time()[["elapsed"]]
   write.csv(data.frame(label = pred$predicted.id, score = pred$prediction.score.max),
