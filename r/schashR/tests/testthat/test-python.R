@@ -18,3 +18,17 @@ test_that("a Python exception becomes a clean schash_error", {
   expect_false(grepl("Traceback|py_call_impl|ValueError", conditionMessage(err)))
   expect_match(conditionMessage(err), "invalid literal")
 })
+
+test_that("inside R, torch uses its own BLAS, not R's (training speed)", {
+  skip_if_no_schash()
+  skip_if_not(Sys.info()[["sysname"]] == "Linux", "the BLAS interposition is a Linux (ELF) matter")
+  blas <- reticulate::import("schash._blas")
+  # R's BLAS exports sgemm_ into the global scope, so schash preloaded torch's library
+  expect_true(blas$`_foreign_blas_visible`())
+  expect_match(blas$PRELOADED, "libtorch_cpu")
+  torch <- reticulate::import("torch")
+  torch$set_num_threads(1L)
+  a <- torch$randn(1000L, 1000L)
+  t <- system.time(for (i in 1:3) a$matmul(a))[["elapsed"]]
+  expect_lt(t, 2)  # about 0.15 s with torch's MKL; over 3 s with R's reference BLAS
+})
