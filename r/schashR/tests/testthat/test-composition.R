@@ -54,7 +54,7 @@ test_that("SingleCellExperiment with batches: batch composition and neighbour ba
 test_that("matrix input: composition attribute", {
   skip_if_no_schash()
   p <- pbmc()
-  counts <- SeuratObject::GetAssayData(p, slot = "counts")
+  counts <- assay_data(p, "counts")
   res <- schash_annotate(counts, pbmc_model(), neighbors = 5, saliency = FALSE)
   ct <- attr(res, "composition")$cell_type
   expect_equal(dim(ct), c(80L, 3L))

@@ -59,7 +59,7 @@ test_that("SingleCellExperiment: train and annotate", {
 test_that("matrix default: labels as a vector, data.frame out, same answer as Seurat", {
   skip_if_no_schash()
   p <- pbmc()
-  counts <- SeuratObject::GetAssayData(p, slot = "counts")
+  counts <- assay_data(p, "counts")
   model <- do.call(schash_train, c(list(counts, cell_type = p$RNA_snn_res.1), fast_args))
   res <- schash_annotate(counts, model)
   expect_s3_class(res, "data.frame")
@@ -83,7 +83,7 @@ test_that("bad input gives clear R errors", {
   p$with_na <- p$groups
   p$with_na[1:3] <- NA
   expect_error(schash_train(p, cell_type = "with_na"), "3 cells have a missing cell type")
-  counts <- SeuratObject::GetAssayData(p, slot = "counts")
+  counts <- assay_data(p, "counts")
   expect_error(schash_train(counts, cell_type = p$groups[1:10]), "10 cell type values for 80 cells")
   bad <- counts
   rownames(bad) <- paste0("X_", rownames(bad))
@@ -118,4 +118,22 @@ test_that("save and load round-trip, and the file loads in Python", {
   expect_error(schash_load(tempfile()), "no such file")
   junk <- tempfile(); writeLines("not a model", junk)
   expect_error(schash_load(junk), class = "schash_error")
+})
+
+test_that("Seurat v5: train and annotate Assay5 objects like v4 ones; split layers refused", {
+  skip_if_no_schash()
+  obj <- pbmc_v5()
+  v4 <- schash_annotate(pbmc(), pbmc_model(), saliency = FALSE)
+  a <- schash_annotate(obj, pbmc_model(), saliency = FALSE)
+  expect_equal(as.character(a$schash_label), as.character(v4$schash_label))
+  expect_equal(SeuratObject::Embeddings(a, "schash"), SeuratObject::Embeddings(v4, "schash"))
+  # data-only Assay5: the log-normalised layer is used
+  d <- schash_annotate(pbmc_v5(data_only = TRUE), pbmc_model(), saliency = FALSE)
+  expect_gt(mean(as.character(d$schash_label) == as.character(d$RNA_snn_res.1)), 0.7)
+  model <- do.call(schash_train, c(list(obj, cell_type = "RNA_snn_res.1"), fast_args))
+  expect_equal(schash_cell_types(model), c("0", "1", "2"))
+  obj[["RNA"]] <- split(obj[["RNA"]], f = obj$groups)
+  expect_error(schash_annotate(obj, pbmc_model()), "JoinLayers")
+  expect_error(schash_train(obj, cell_type = "RNA_snn_res.1"), "JoinLayers")
+  expect_error(schash_annotate(obj, pbmc_model(), layer = "counts.g2"), "holds .* of the object's 80 cells")
 })
