@@ -84,8 +84,15 @@ def train_matrix(X, genes, cells, labels, batches=None, **kwargs):
     return train(adata, labels=_labels(labels), batches=_labels(batches), **kwargs)
 
 
-def annotate_matrix(model, X, genes, cells, method="anchor", k=15, saliency=True, n_top_cell=5, neighbors=None):
+QUERY_BATCH = "schash_query_batch"  # the obs column the query's batches travel in
+
+
+def annotate_matrix(model, X, genes, cells, method="anchor", k=15, saliency=True, n_top_cell=5, neighbors=None,
+                    batches=None):
     """Annotate a cells × genes matrix.
+
+    ``batches``: the query's batches, one per cell (R's ``batch=``), used like
+    ``annotate(batch_key=)``: each query batch is scaled on its own.
 
     Returns a dict: ``table`` (dict of per-cell columns: label, pruned_label, distance,
     delta_next, typicality, confidence, top_genes with ``saliency``, and neighbor_batch with
@@ -96,7 +103,14 @@ def annotate_matrix(model, X, genes, cells, method="anchor", k=15, saliency=True
     distance, from the same encoding pass; else None), ``batch_levels`` and ``n_genes_matched``.
     """
     adata = _anndata(X, genes, cells)
-    enc = model._pass(adata)
+    batch_key = None
+    if batches is not None:
+        b = _labels(batches)
+        if len(b) != adata.n_obs:
+            raise InputError(f"{len(b)} batches for {adata.n_obs} cells")
+        adata.obs[QUERY_BATCH] = pd.Categorical(np.asarray(b, dtype=str))
+        batch_key = QUERY_BATCH
+    enc = model._pass(adata, batch_key=batch_key)
     table = model.call(enc, method=str(method), k=int(k))
     table.index = pd.Index(list(adata.obs_names))
     out = {"codes": _hamming.unpack(enc.codes, model.n_bits).astype(np.int32), "saliency": None,
@@ -111,7 +125,7 @@ def annotate_matrix(model, X, genes, cells, method="anchor", k=15, saliency=True
                 table["neighbor_batch"] = comp.idxmax(axis=1).to_numpy()
                 out["batch_levels"] = [str(c) for c in comp.columns]
     if saliency:
-        sal = compute_saliency(model, adata, n_top_cell=int(n_top_cell))
+        sal = compute_saliency(model, adata, n_top_cell=int(n_top_cell), batch_key=batch_key)
         table["top_genes"] = sal.cell_top_genes.to_numpy()
         out["saliency"] = _matrix(sal.by_group)
     # columns as plain arrays (label columns as strings; R makes the factors with these levels)

@@ -24,9 +24,15 @@
 #' majority batch among the neighbours) is added too.  See [schash_composition()]
 #' and [schash_plot_composition()].
 #'
+#' With `batch`, the query's batches (for example samples or donors) are scaled
+#' each on its own before encoding, as Python's `annotate(batch_key=)` does; use it
+#' when the query mixes batches, as the reference's batches were in [schash_train()].
+#'
 #' @param object A `Seurat` object, a `SingleCellExperiment`, or a genes x cells
 #'   matrix / `dgCMatrix` with gene names as row names.
 #' @param model A `schash_model`.
+#' @param batch `NULL`, or the query's batches: the name of a cell-metadata column
+#'   (Seurat, SingleCellExperiment) or a vector with one value per cell.
 #' @param ... `assay`, `layer` as in [schash_train()]; `k` (neighbours for `"knn"`).
 #' @param method `"anchor"` or `"knn"`.
 #' @param saliency Compute per-type and per-cell gene saliency.
@@ -34,16 +40,21 @@
 #'   composition is stored for each cell.
 #' @return The annotated object (a data.frame for a matrix).
 #' @export
-schash_annotate <- function(object, model, ..., method = "anchor", saliency = TRUE,
+schash_annotate <- function(object, model, ..., batch = NULL, method = "anchor", saliency = TRUE,
                             neighbors = NULL) {
   UseMethod("schash_annotate")
 }
 
 #' @rdname schash_annotate
 #' @export
-schash_annotate.default <- function(object, model, ..., method = "anchor", saliency = TRUE,
-                                    neighbors = NULL) {
-  res <- annotate_matrix(as_dgc(object), model, method = method, saliency = saliency,
+schash_annotate.default <- function(object, model, ..., batch = NULL, method = "anchor",
+                                    saliency = TRUE, neighbors = NULL) {
+  m <- as_dgc(object)
+  if (is.character(batch) && length(batch) == 1 && ncol(m) != 1) {
+    stop("for a matrix, batch must be a vector with one value per cell (", ncol(m), "), ",
+         "not a column name", call. = FALSE)
+  }
+  res <- annotate_matrix(m, model, batch = batch, method = method, saliency = saliency,
                          neighbors = neighbors, ...)
   out <- res$table
   attr(out, "codes") <- res$codes
@@ -55,11 +66,12 @@ schash_annotate.default <- function(object, model, ..., method = "anchor", salie
 #' @rdname schash_annotate
 #' @param assay,layer Which expression to use, as in [schash_train()].
 #' @export
-schash_annotate.Seurat <- function(object, model, ..., assay = NULL, layer = NULL,
+schash_annotate.Seurat <- function(object, model, ..., batch = NULL, assay = NULL, layer = NULL,
                                    method = "anchor", saliency = TRUE, neighbors = NULL) {
   need("SeuratObject", "for Seurat objects")
   assay <- assay %||% SeuratObject::DefaultAssay(object)
-  res <- annotate_matrix(seurat_expr(object, assay, layer), model, method = method,
+  batch <- meta_values(object, batch, "batch", ncol(object))
+  res <- annotate_matrix(seurat_expr(object, assay, layer), model, batch = batch, method = method,
                          saliency = saliency, neighbors = neighbors, ...)
   object <- SeuratObject::AddMetaData(object, res$table)
   object[["schash"]] <- SeuratObject::CreateDimReducObject(
@@ -71,12 +83,13 @@ schash_annotate.Seurat <- function(object, model, ..., assay = NULL, layer = NUL
 
 #' @rdname schash_annotate
 #' @export
-schash_annotate.SingleCellExperiment <- function(object, model, ..., assay = NULL,
+schash_annotate.SingleCellExperiment <- function(object, model, ..., batch = NULL, assay = NULL,
                                                  method = "anchor", saliency = TRUE,
                                                  neighbors = NULL) {
   need("SingleCellExperiment", "for SingleCellExperiment objects")
-  res <- annotate_matrix(sce_expr(object, assay), model, method = method, saliency = saliency,
-                         neighbors = neighbors, ...)
+  batch <- meta_values(object, batch, "batch", ncol(object))
+  res <- annotate_matrix(sce_expr(object, assay), model, batch = batch, method = method,
+                         saliency = saliency, neighbors = neighbors, ...)
   cd <- SummarizedExperiment::colData(object)
   for (col in names(res$table)) cd[[col]] <- res$table[[col]]
   SummarizedExperiment::colData(object) <- cd
@@ -87,7 +100,7 @@ schash_annotate.SingleCellExperiment <- function(object, model, ..., assay = NUL
   object
 }
 
-annotate_matrix <- function(m, model, method = "anchor", saliency = TRUE, k = 15,
+annotate_matrix <- function(m, model, batch = NULL, method = "anchor", saliency = TRUE, k = 15,
                             neighbors = NULL, ...) {
   extra <- list(...)
   if (length(extra)) {
@@ -95,11 +108,12 @@ annotate_matrix <- function(m, model, method = "anchor", saliency = TRUE, k = 15
   }
   method <- match.arg(method, c("anchor", "knn"))
   neighbors <- check_neighbors(neighbors)
+  batch <- label_list(batch, ncol(m), "batch")
   py <- model_py(model)
   x <- to_py_cells(m)
   res <- py_call(schash_bridge()$annotate_matrix(py, x$X, x$genes, x$cells, method = method,
                                                  k = as.integer(k), saliency = isTRUE(saliency),
-                                                 neighbors = neighbors))
+                                                 neighbors = neighbors, batches = batch))
   table <- py_table(res$table, x$cells, res$levels)
   if ("schash_neighbor_batch" %in% names(table)) {
     table$schash_neighbor_batch <- factor(as.character(table$schash_neighbor_batch),
@@ -117,7 +131,7 @@ annotate_matrix <- function(m, model, method = "anchor", saliency = TRUE, k = 15
   storage.mode(codes) <- "double"
   dimnames(codes) <- list(rownames(table), paste0("schash_", seq_len(ncol(codes))))
   sal <- py_matrix(res$saliency)
-  misc <- list(saliency = sal, method = method, n_genes_matched = res$n_genes_matched,
+  misc <- list(saliency = sal, method = method, batch = !is.null(batch), n_genes_matched = res$n_genes_matched,
                n_genes_model = model$info$n_genes)
   if (!is.null(comp)) {
     misc$composition <- comp

@@ -137,3 +137,36 @@ test_that("Seurat v5: train and annotate Assay5 objects like v4 ones; split laye
   expect_error(schash_train(obj, cell_type = "RNA_snn_res.1"), "JoinLayers")
   expect_error(schash_annotate(obj, pbmc_model(), layer = "counts.g2"), "holds .* of the object's 80 cells")
 })
+
+test_that("query batches: a metadata column or a vector, the same as Python's batch_key=", {
+  skip_if_no_schash()
+  p <- pbmc()
+  model <- pbmc_model()
+  a <- schash_annotate(p, model, batch = "groups", saliency = FALSE)
+  expect_true(SeuratObject::Misc(a, slot = "schash")$batch)
+  # Python: annotate(batch_key=) on the same cells
+  counts <- assay_data(p, "counts")
+  x <- schashR:::to_py_cells(counts)
+  adata <- schashR:::schash_bridge()$`_anndata`(x$X, x$genes, x$cells)
+  adata$obs[["grp"]] <- as.character(p$groups)
+  pred <- model$py$predict(adata, batch_key = "grp")
+  expect_equal(as.character(a$schash_label), as.character(pred$label))
+  expect_equal(unname(a$schash_confidence), pred$confidence)
+  # a vector, for Seurat, SingleCellExperiment and matrices alike
+  b <- schash_annotate(p, model, batch = p$groups, saliency = FALSE)
+  expect_equal(b$schash_label, a$schash_label)
+  m <- schash_annotate(counts, model, batch = as.character(p$groups))
+  expect_equal(m$schash_label, unname(a$schash_label))
+  sce <- schash_annotate(pbmc_sce(), model, batch = "groups", saliency = FALSE)
+  expect_equal(sce$schash_label, unname(a$schash_label))
+  # errors in R terms
+  expect_error(schash_annotate(p, model, batch = "nope"), "batch column 'nope' is not in the cell metadata")
+  expect_error(schash_annotate(counts, model, batch = "groups"), "for a matrix, batch must be a vector")
+  expect_error(schash_annotate(counts, model, batch = p$groups[1:5]), "5 batch values for 80 cells")
+  bad <- as.character(p$groups); bad[1:2] <- NA
+  expect_error(schash_annotate(counts, model, batch = bad), "2 cells have a missing batch")
+  bad[1:2] <- ""
+  expect_error(schash_annotate(counts, model, batch = bad), "2 cells have an empty batch")
+  p$empty_type <- as.character(p$RNA_snn_res.1); p$empty_type[1] <- ""
+  expect_error(schash_train(p, cell_type = "empty_type"), "1 cells have an empty cell type")
+})

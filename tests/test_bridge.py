@@ -1,0 +1,21 @@
+"""schash._bridge, the functions the R package calls (without R)."""
+
+import numpy as np
+import pytest
+
+import schash
+from schash import _bridge
+
+
+def test_query_batches_match_batch_key(synth_model, synth):
+    """R's schash_annotate(batch=) goes through annotate_matrix(batches=): the same as batch_key=."""
+    q = synth[:300].copy()
+    res = _bridge.annotate_matrix(synth_model, q.X, list(q.var_names), list(q.obs_names), saliency=False,
+                                  batches=list(q.obs["batch"].astype(str)))
+    pred = synth_model.predict(q, batch_key="batch")
+    np.testing.assert_array_equal(res["table"]["confidence"], pred["confidence"].to_numpy())
+    plain = synth_model.predict(q)
+    assert not np.array_equal(plain["typicality"].to_numpy(), pred["typicality"].to_numpy())
+    with pytest.raises(schash.InputError, match="3 batches for 300 cells"):
+        _bridge.annotate_matrix(synth_model, q.X, list(q.var_names), list(q.obs_names), saliency=False,
+                                batches=["a", "b", "c"])
