@@ -19,3 +19,16 @@ def test_query_batches_match_batch_key(synth_model, synth):
     with pytest.raises(schash.InputError, match="3 batches for 300 cells"):
         _bridge.annotate_matrix(synth_model, q.X, list(q.var_names), list(q.obs_names), saliency=False,
                                 batches=["a", "b", "c"])
+
+
+def test_warnings_are_recorded_for_r_not_printed(synth, recwarn):
+    """Bridge calls record their warnings (each once) for R's take_warnings() instead of printing them."""
+    _bridge.take_warnings()
+    q = synth.copy()
+    labels = q.obs["cell_type"].astype(str).to_numpy().copy()
+    labels[:2] = "rare"
+    _bridge.train_matrix(q.X, list(q.var_names), list(q.obs_names), list(labels), max_epochs=1)
+    assert len(recwarn) == 0  # nothing reached Python's own warning machinery
+    msgs = _bridge.take_warnings()
+    assert len(msgs) == 1 and "rare (2)" in msgs[0]
+    assert _bridge.take_warnings() == []

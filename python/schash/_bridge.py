@@ -7,6 +7,9 @@ vectors it sends as scalars, and keep R's cell and gene names.
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 import numpy as np
 import pandas as pd
 from scipy import sparse
@@ -16,6 +19,40 @@ from ._api import train
 from ._errors import InputError
 from ._io import load_model
 from ._saliency import compute_saliency, top_genes as _top_genes
+
+# Warnings raised while R's calls ran, for R to re-raise as R warnings (take_warnings()).
+# Left to Python they would be printed raw to the console, with file paths, where R's
+# suppressWarnings() and warnings() cannot see them.
+_PENDING: list[str] = []
+_DEVELOPER_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+def _r_call(fn):
+    """Run a bridge function with its warnings recorded for :func:`take_warnings`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for cat in _DEVELOPER_WARNINGS:  # meant for developers of the libraries, not for R users
+                warnings.simplefilter("ignore", cat)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                for w in caught:
+                    msg = str(w.message)
+                    if msg not in _PENDING:
+                        _PENDING.append(msg)
+
+    return wrapper
+
+
+def take_warnings() -> list[str]:
+    """The messages of the warnings recorded since the last call (each once), and forget them."""
+    out = list(_PENDING)
+    _PENDING.clear()
+    return out
+
 
 _INT_ARGS = ("n_bits", "n_top_genes", "min_cells_per_type", "batch_size", "max_epochs", "seed", "k", "num_threads")
 
@@ -66,9 +103,13 @@ def _anndata(X, genes, cells):
         raise InputError(f"the matrix has {X.shape[1]} genes but {0 if genes is None else len(genes)} gene names")
     if cells is None or len(cells) != X.shape[0]:
         cells = [f"cell_{i}" for i in range(X.shape[0])]
-    return anndata.AnnData(X=X, obs=pd.DataFrame(index=pd.Index(cells)), var=pd.DataFrame(index=pd.Index(genes)))
+    with warnings.catch_warnings():
+        # duplicate names: schash's own check (an error with advice) follows; no anndata warning first
+        warnings.filterwarnings("ignore", message=r"(Variable|Observation) names are not unique")
+        return anndata.AnnData(X=X, obs=pd.DataFrame(index=pd.Index(cells)), var=pd.DataFrame(index=pd.Index(genes)))
 
 
+@_r_call
 def set_threads(n) -> None:
     """Set torch's intra-op threads (1 gives bit-identical results between processes)."""
     import torch
@@ -76,6 +117,7 @@ def set_threads(n) -> None:
     torch.set_num_threads(int(n))
 
 
+@_r_call
 def train_matrix(X, genes, cells, labels, batches=None, **kwargs):
     """Train on a cells × genes matrix with R's label (and batch) vectors."""
     adata = _anndata(X, genes, cells)
@@ -87,6 +129,7 @@ def train_matrix(X, genes, cells, labels, batches=None, **kwargs):
 QUERY_BATCH = "schash_query_batch"  # the obs column the query's batches travel in
 
 
+@_r_call
 def annotate_matrix(model, X, genes, cells, method="anchor", k=15, saliency=True, n_top_cell=5, neighbors=None,
                     batches=None):
     """Annotate a cells × genes matrix.
@@ -141,12 +184,14 @@ def _matrix(df: pd.DataFrame) -> dict:
             "cols": [str(v) for v in df.columns]}
 
 
+@_r_call
 def encode_matrix(model, X, genes, cells):
     """Unpacked codes (±1 int32, cells × n_bits) of a cells × genes matrix."""
     enc = model._pass(_anndata(X, genes, cells))
     return _hamming.unpack(enc.codes, model.n_bits).astype(np.int32)
 
 
+@_r_call
 def model_info(model) -> dict:
     """What the R print method shows."""
     return {
@@ -161,13 +206,16 @@ def model_info(model) -> dict:
     }
 
 
+@_r_call
 def save(model, path, overwrite=False) -> None:
     model.save(str(path), overwrite=bool(overwrite))
 
 
+@_r_call
 def load(path):
     return load_model(str(path))
 
 
+@_r_call
 def top_genes(saliency: pd.DataFrame, n=10) -> pd.DataFrame:
     return _top_genes(saliency, n=int(n))

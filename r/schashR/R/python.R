@@ -73,16 +73,65 @@ clean_py_message <- function(msg) {
   trimws(msg)
 }
 
-# Evaluate `expr` (a call into Python) and turn a Python exception into a clean R error.
+# Python's advice in schash messages, in R terms: (pattern, replacement) pairs keyed on
+# recognisable parts of the messages of the Python package (python/schash/_data.py, _io.py,
+# _api.py).  A message that matches none is passed on unchanged.
+.r_advice <- list(
+  c("pass overwrite=True to replace it", "use overwrite = TRUE to replace it"),
+  c("make them unique first, e\\.g\\. adata\\.var_names_make_unique\\(\\)",
+    "make them unique first, e.g. rownames(x) <- make.unique(rownames(x))"),
+  c("pass layer='counts', or adata\\.raw\\.to_adata\\(\\)",
+    paste0("use counts or log-normalised data, not scaled or integrated values: ",
+           "assay = \"RNA\" (and layer = \"counts\") for Seurat, ",
+           "assay = \"counts\" for a SingleCellExperiment")),
+  c("it looks like genes \u00d7 cells; schash wants cells \u00d7 genes, so pass its transpose \\(X\\.T\\)",
+    "it looks like cells \u00d7 genes; schashR wants genes \u00d7 cells (genes in rows), so pass t(x)"),
+  c("is the matrix genes \u00d7 cells\\? pass X\\.T", "is the matrix cells \u00d7 genes? pass t(x)"),
+  c("and is cells \u00d7 genes", "and is genes \u00d7 cells (genes as row names)"),
+  c("pass labels= \\(a vector\\) or cell_type_key= \\(an obs column\\)",
+    "pass cell_type = (a cell-metadata column name or a vector)"),
+  c("lower min_cells_per_type to keep them", "lower min_cells_per_type (e.g. min_cells_per_type = 3) to keep them"),
+  c("\\(\\) got an unexpected keyword argument '([^']+)'", "(): unused argument '\\1'"),
+  c("cells \u00d7 genes", "genes \u00d7 cells")
+)
+
+# A message from Python with its Python advice replaced by R advice.
+r_advice <- function(msg) {
+  for (rule in .r_advice) {
+    out <- gsub(rule[[1]], rule[[2]], msg, perl = TRUE)
+    if (!identical(out, msg)) {
+      # the generic shape rule only where nothing more specific applied
+      return(out)
+    }
+  }
+  msg
+}
+
+# Python warnings recorded by the bridge during the last call, as R warnings (class
+# schash_warning), so that suppressWarnings() and warnings() see them.
+raise_py_warnings <- function() {
+  msgs <- tryCatch(unlist(schash_bridge()$take_warnings()), error = function(e) NULL)
+  for (m in msgs) {
+    warning(structure(class = c("schash_warning", "warning", "condition"),
+                      list(message = r_advice(m), call = NULL)))
+  }
+  invisible(length(msgs))
+}
+
+# Evaluate `expr` (a call into Python) and turn a Python exception into a clean R error,
+# and Python warnings into R warnings.
 py_call <- function(expr) {
-  tryCatch(expr, error = function(e) {
+  value <- tryCatch(expr, error = function(e) {
     msg <- conditionMessage(e)
     if (!inherits(e, "Rcpp::exception") && !grepl("py_call_impl|^[A-Za-z_][A-Za-z0-9_.]*(Error|Exception):", msg)) {
       stop(e)
     }
+    raise_py_warnings()
     stop(structure(class = c("schash_error", "error", "condition"),
-                   list(message = clean_py_message(msg), call = NULL)))
+                   list(message = r_advice(clean_py_message(msg)), call = NULL)))
   })
+  raise_py_warnings()
+  value
 }
 
 check_available <- function() {

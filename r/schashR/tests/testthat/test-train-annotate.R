@@ -91,7 +91,9 @@ test_that("bad input gives clear R errors", {
   expect_match(conditionMessage(err), "of the model's 230 genes")
   expect_false(grepl("Traceback|GeneOverlapError", conditionMessage(err)))
   tiny <- do.call(cbind, rep(list(counts[, 1:3]), 1))
-  expect_error(schash_train(tiny, cell_type = c("a", "b", "c")), "at least two", class = "schash_error")
+  expect_warning(
+    expect_error(schash_train(tiny, cell_type = c("a", "b", "c")), "at least two", class = "schash_error"),
+    "fewer than 10 cells are left out", class = "schash_warning")
   expect_error(schash_annotate(p, "not a model"), "must be a schash_model")
 })
 
