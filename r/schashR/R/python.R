@@ -2,65 +2,181 @@
 #'
 #' In order: the `SCHASH_PYTHON` environment variable, `RETICULATE_PYTHON`, the
 #' virtualenv made by [schash_install()] (`r-schash`). `NULL` when none is set,
-#' in which case reticulate chooses.
+#' in which case reticulate chooses.  These are read when Python starts, the first
+#' time schashR (or anything else using reticulate) needs it; to switch to another
+#' Python afterwards, restart R.
 #'
 #' @return The path of a Python executable, or `NULL`.
 #' @export
 schash_python <- function() {
+  attr(wanted_python(), "path")
+}
+
+# The Python schashR is asked to use: its path (attribute "path") and where that came from.
+wanted_python <- function() {
   for (var in c("SCHASH_PYTHON", "RETICULATE_PYTHON")) {
     path <- Sys.getenv(var, unset = "")
-    if (nzchar(path)) return(path)
+    if (nzchar(path)) return(structure(var, path = path))
   }
   env <- schash_envname()
   if (reticulate::virtualenv_exists(env)) {
-    return(reticulate::virtualenv_python(env))
+    return(structure(paste0("the virtualenv '", env, "' of schash_install()"),
+                     path = reticulate::virtualenv_python(env)))
   }
-  NULL
+  structure("reticulate's default", path = NULL)
 }
 
 schash_envname <- function() getOption("schash.envname", "r-schash")
 
+# The Python that reticulate runs in this R session, or NULL before one has started.
+bound_python <- function() {
+  if (!reticulate::py_available(initialize = FALSE)) return(NULL)
+  tryCatch(reticulate::py_exe(), error = function(e) reticulate::py_config()$python)
+}
+
+# Do two Python executables belong to the same installation (same sys.prefix)?
+same_python <- function(a, b) {
+  if (identical(path.expand(a), path.expand(b))) return(TRUE)
+  key <- paste(a, b, sep = "\r")
+  if (!is.null(.schash$same[[key]])) return(.schash$same[[key]])
+  prefix <- function(p) {
+    out <- tryCatch(suppressWarnings(system2(p, c("-c", shQuote("import sys; print(sys.prefix)")),
+                                             stdout = TRUE, stderr = FALSE)),
+                    error = function(e) character())
+    if (length(out) && is.null(attr(out, "status"))) normalizePath(out[1], mustWork = FALSE) else NA
+  }
+  pa <- prefix(a)
+  same <- !is.na(pa) && identical(pa, prefix(b))
+  .schash$same[[key]] <- same
+  same
+}
+
+# A note when the Python asked for is not the one reticulate already runs (NULL if none).
+restart_note <- function() {
+  bound <- bound_python()
+  wanted <- wanted_python()
+  path <- attr(wanted, "path")
+  if (is.null(bound) || is.null(path) || same_python(path, bound)) return(NULL)
+  paste0("this R session already runs Python ", bound, "; ", wanted, " (", path,
+         ") is only read before Python starts: restart R to use it")
+}
+
 use_schash_python <- function() {
-  if (reticulate::py_available(initialize = FALSE)) return(invisible(FALSE))
-  path <- schash_python()
+  if (reticulate::py_available(initialize = FALSE)) {
+    note <- restart_note()
+    if (!is.null(note) && !identical(.schash$warned, note)) {
+      .schash$warned <- note
+      warning(note, call. = FALSE)
+    }
+    return(invisible(FALSE))
+  }
+  path <- attr(wanted_python(), "path")
   if (!is.null(path)) reticulate::use_python(path, required = TRUE)
   invisible(TRUE)
 }
 
 #' Install the schash Python package for schashR
 #'
-#' Creates a virtualenv (default `r-schash`) and pip-installs schash into it.
-#' With reticulate older than 1.36, which cannot load NumPy 2, `numpy<2` is pinned.
-#' Restart R afterwards; schashR finds this environment on its own unless
-#' `SCHASH_PYTHON` or `RETICULATE_PYTHON` is set.
+#' Creates a virtualenv (default `r-schash`) and pip-installs the Python package
+#' (distribution `schash-annotate`) into it.  With reticulate older than 1.36, which
+#' cannot load NumPy 2, `numpy<2` is pinned.  Restart R afterwards; schashR finds this
+#' environment on its own unless `SCHASH_PYTHON` or `RETICULATE_PYTHON` is set.
+#'
+#' It needs the package index (PyPI) or a local `package`; offline it fails within
+#' seconds and removes the virtualenv it created, so that no broken environment is
+#' left behind.  pip's own settings (`PIP_INDEX_URL`, `PIP_TIMEOUT`, ...) apply.
 #'
 #' @param envname Name of the virtualenv.
-#' @param package What to pip-install: the PyPI name, a path to a source checkout, or a URL.
-#' @param python Python to build the virtualenv from (`NULL`: reticulate's choice).
+#' @param package What to pip-install: the PyPI name, a path to a source checkout, or a
+#'   wheel file.
+#' @param python Python (>= 3.10) to build the virtualenv from (`NULL`: `python3` on the
+#'   `PATH`).
 #' @param extra_packages Further pip requirements.
 #' @return The virtualenv's Python, invisibly.
 #' @export
 schash_install <- function(envname = schash_envname(), package = "schash-annotate",
                            python = NULL, extra_packages = NULL) {
-  if (!reticulate::virtualenv_exists(envname)) {
-    reticulate::virtualenv_create(envname, python = python)
+  python <- python %||% unname(Sys.which("python3"))
+  if (!nzchar(python)) {
+    stop("no python3 on the PATH; install Python (>= 3.10) or pass ",
+         "schash_install(python = \"/path/to/python3\")", call. = FALSE)
   }
+  ver <- tryCatch(suppressWarnings(system2(python, c("-c", shQuote(
+    "import sys; print('%d.%d' % sys.version_info[:2])")), stdout = TRUE, stderr = TRUE)),
+    error = function(e) character())
+  if (!length(ver) || !is.null(attr(ver, "status")) || !grepl("^[0-9]+\\.[0-9]+$", ver[1])) {
+    stop("cannot run Python ", python, "; pass schash_install(python = \"/path/to/python3\")",
+         call. = FALSE)
+  }
+  if (utils::compareVersion(ver[1], "3.10") < 0) {
+    stop("Python ", python, " is version ", ver[1], "; schash needs Python >= 3.10: pass ",
+         "schash_install(python = \"/path/to/python3.10-or-newer\")", call. = FALSE)
+  }
+  existed <- reticulate::virtualenv_exists(envname)
   pkgs <- c(package, extra_packages)
   if (utils::packageVersion("reticulate") < "1.36") pkgs <- c(pkgs, "numpy<2")
-  reticulate::virtualenv_install(envname, pkgs, ignore_installed = FALSE)
-  message("schash installed in virtualenv '", envname, "'; restart R to use it.")
+  # fail fast offline: pip retries a lost connection 5 times with 15 s time-outs by default
+  pip_env <- c(PIP_RETRIES = "1", PIP_TIMEOUT = "10", PIP_DISABLE_PIP_VERSION_CHECK = "1")
+  pip_env <- pip_env[!nzchar(Sys.getenv(names(pip_env)))]
+  if (length(pip_env)) {
+    do.call(Sys.setenv, as.list(pip_env))
+    on.exit(Sys.unsetenv(names(pip_env)), add = TRUE)
+  }
+  ok <- FALSE
+  on.exit(if (!ok && !existed && reticulate::virtualenv_exists(envname)) {
+    reticulate::virtualenv_remove(envname, confirm = FALSE)
+  }, add = TRUE)
+  tryCatch({
+    if (!existed) {
+      # packages = FALSE: no upgrade of pip/setuptools/numpy from the index, the venv's own pip
+      reticulate::virtualenv_create(envname, python = python, packages = FALSE)
+    }
+    reticulate::virtualenv_install(envname, pkgs, ignore_installed = FALSE)
+  }, error = function(e) {
+    stop("installing ", paste(pkgs, collapse = ", "), " into the virtualenv '", envname,
+         "' (from Python ", python, ") failed: ", conditionMessage(e),
+         if (!existed) paste0("\nThe virtualenv '", envname, "' was removed again."),
+         "\nIs this machine offline? Then install from a local copy: ",
+         "schash_install(package = \"/path/to/schash_annotate-<version>.whl\" or a source checkout), ",
+         "or point SCHASH_PYTHON at a Python that has schash-annotate.", call. = FALSE)
+  })
+  ok <- TRUE
+  message("schash-annotate installed in virtualenv '", envname, "'; restart R to use it.")
   invisible(reticulate::virtualenv_python(envname))
 }
 
 #' Is the schash Python package usable?
 #'
-#' @return `TRUE` when Python can be started and imports `schash`.
+#' @return `TRUE` when Python can be started and imports `schash`.  When it was
+#'   started before with another Python than `SCHASH_PYTHON` now names, a warning says
+#'   to restart R.
 #' @export
 schash_available <- function() {
-  tryCatch({
+  is.null(schash_unavailable())
+}
+
+# NULL when schash imports, else why not (a message for R users).
+schash_unavailable <- function() {
+  wanted <- wanted_python()
+  reason <- tryCatch({
     use_schash_python()
-    reticulate::py_module_available("schash")
-  }, error = function(e) FALSE)
+    reticulate::import("schash")
+    NULL
+  }, error = function(e) clean_py_message(conditionMessage(e)))
+  if (is.null(reason)) return(NULL)
+  python <- bound_python() %||% attr(wanted, "path") %||% "(none found)"
+  unavailable_message(python, wanted, reason, restart_note())
+}
+
+unavailable_message <- function(python, source, reason, restart = NULL) {
+  paste0(
+    "the schash Python package (distribution schash-annotate) cannot be used from Python ",
+    python, " (chosen by ", source, "): ", reason, "\n",
+    if (!is.null(restart)) paste0(restart, "\n"),
+    "Run schashR::schash_install(), or install it there (", python,
+    " -m pip install schash-annotate), or set SCHASH_PYTHON to a Python that has it",
+    if (is.null(restart)) " before schashR starts Python (else restart R)" else "", "."
+  )
 }
 
 # A Python exception's message without the class name and traceback.
@@ -135,8 +251,6 @@ py_call <- function(expr) {
 }
 
 check_available <- function() {
-  if (!schash_available()) {
-    stop("the schash Python package is not available; run schashR::schash_install() ",
-         "or set SCHASH_PYTHON to a Python that has it", call. = FALSE)
-  }
+  why <- schash_unavailable()
+  if (!is.null(why)) stop(why, call. = FALSE)
 }
