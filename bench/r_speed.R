@@ -80,13 +80,16 @@ for (i in seq_len(repeats)) {
               utils::tail(times$r, 1)))
 }
 med <- vapply(times, stats::median, numeric(1))
-ratio <- med[["r"]] / med[["python"]]
+# the machine is shared: each R run is compared with the Python run just before it
+ratio <- stats::median(times$r / times$python)
 lines <- c(
   "# Training from R against training from Python",
   "",
   sprintf("%s, %d cores; `Rscript bench/r_speed.R %d %d`: %d cells x %d genes, %d types (generated counts),",
           format(Sys.Date()), parallel::detectCores(), n_cells, repeats, n_cells, n_genes, n_types),
-  "each run in a fresh process; only the train call is timed; medians of the repeats.",
+  "each run in a fresh process, R and Python alternating; only the train call is timed (from R:",
+  "including the hand-over of the matrix to Python); medians of the repeats; the ratio is the",
+  "median of each R run over the Python run just before it.",
   "",
   "| trained from | seconds (median) | runs | ratio to Python |",
   "|---|---:|---|---:|",
@@ -95,10 +98,14 @@ lines <- c(
   sprintf("| R `schash_train()` | %.1f | %s | %.2f |", med[["r"]],
           paste(sprintf("%.1f", times$r), collapse = ", "), ratio),
   sprintf("| R, BLAS fix off (`SCHASH_NO_BLAS_FIX=1`) | %.1f | %s | %.2f |", med[["r_no_fix"]],
-          paste(sprintf("%.1f", times$r_no_fix), collapse = ", "), med[["r_no_fix"]] / med[["python"]]),
+          paste(sprintf("%.1f", times$r_no_fix), collapse = ", "), med[["r_no_fix"]] / times$python[1]),
   "",
   "Inside R, torch's `sgemm_` calls resolve to R's BLAS (Debian's reference BLAS) unless",
-  "schash preloads torch's own library with RTLD_DEEPBIND (python/schash/_blas.py)."
+  "schash preloads torch's own library with RTLD_DEEPBIND (python/schash/_blas.py).",
+  sprintf("Load average while measuring: %s (other jobs share the cores).",
+          if (file.exists("/proc/loadavg")) {
+            paste(strsplit(readLines("/proc/loadavg"), " ")[[1]][1:3], collapse = ", ")
+          } else "unknown")
 )
 writeLines(lines, out)
 cat(lines, sep = "\n")
