@@ -316,9 +316,8 @@ def write_annotation(adata, model, enc, df, *, method, k, layer, batch_key, neig
         adata.obs[f"{key_added}_{col}"] = df[col].values
     adata.obsm[f"X_{key_added}"] = enc.codes
     if neighbors:
-        idx, _ = _hamming.knn_indices(enc.codes, model.ref_codes, neighbors, progress=progress)
-        for by in model.reference_obs().columns:
-            comp = model.composition(None, by=by, _neighbors=(adata.obs_names, idx))
+        for by in model.reference_obs().columns:  # ties at the k-th distance share equally
+            comp = model.composition(None, by=by, k=neighbors, _codes=(adata.obs_names, enc.codes))
             adata.obsm[f"{key_added}_{by}_composition"] = comp
             if by == "batch":
                 adata.obs[f"{key_added}_neighbor_batch"] = pd.Categorical(comp.idxmax(axis=1))

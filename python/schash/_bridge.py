@@ -159,10 +159,9 @@ def annotate_matrix(model, X, genes, cells, method="anchor", k=15, saliency=True
     out = {"codes": _hamming.unpack(enc.codes, model.n_bits).astype(np.int32), "saliency": None,
            "composition": None, "batch_levels": None, "n_genes_matched": int(enc.n_genes_matched)}
     if neighbors is not None and int(neighbors) > 0:
-        idx, _ = _hamming.knn_indices(enc.codes, model.ref_codes, int(neighbors))
         out["composition"] = {}
-        for by in model.reference_obs().columns:
-            comp = model.composition(None, by=by, _neighbors=(table.index, idx))
+        for by in model.reference_obs().columns:  # ties at the k-th distance share equally
+            comp = model.composition(None, by=by, k=int(neighbors), _codes=(table.index, enc.codes))
             out["composition"][by] = _matrix(comp)
             if by == "batch":
                 table["neighbor_batch"] = comp.idxmax(axis=1).to_numpy()

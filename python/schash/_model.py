@@ -149,8 +149,11 @@ class SchashModel:
                   progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest reference cells of each query cell by Hamming distance.
 
-        Returns ``(indices, distances)``, each cells × k, ordered by distance (ties by
-        reference index).  Indices point into the reference database, whose labels and
+        Returns ``(indices, distances)``, each cells × k, ordered by distance.  Trained codes
+        collapse onto few distinct values, so many reference cells often tie at the k-th
+        distance; which of them are listed then follows the reference order.  Summaries
+        that must not depend on that order, such as :meth:`composition`, weigh every tied
+        cell equally instead.  Indices point into the reference database, whose labels and
         batches are ``model.reference_obs()``.
         """
         codes = self.encode(data, genes=genes, layer=layer, batch_key=batch_key, progress=progress)
@@ -166,24 +169,35 @@ class SchashModel:
         return obs
 
     def composition(self, data, *, by: str = "batch", k: int = 15, genes=None, layer=None, batch_key=None,
-                    _neighbors=None) -> pd.DataFrame:
+                    _neighbors=None, _codes=None) -> pd.DataFrame:
         """Fraction of each category of reference metadata ``by`` among each cell's ``k`` neighbours.
 
-        A cells × categories DataFrame whose rows sum to 1 (``by`` is ``"cell_type"`` or ``"batch"``).
+        A cells × categories DataFrame whose rows sum to 1 (``by`` is ``"cell_type"``, ``"batch"``
+        or a ``reference_keys`` column).  Reference cells closer than the k-th distance count
+        fully; those tied at the k-th distance share the remaining weight equally, so the
+        answer does not depend on the order of the reference cells (bench/neighbor_ties.py:
+        as accurate as breaking ties at random, without the randomness).
+        ``_codes=(cells, packed codes)`` reuses an encoding pass; ``_neighbors=(cells, indices)``
+        counts given neighbour lists as they are.
         """
         obs = self.reference_obs()
         if by not in obs:
             raise LabelKeyError(f"the reference database has no {by!r} column; it has {list(obs.columns)}")
-        if _neighbors is None:
-            expr_cells = extract(data, genes, layer=layer, check_values=False).cells
-            idx, _ = self.neighbors(data, k=k, genes=genes, layer=layer, batch_key=batch_key)
-        else:
+        cats = list(obs[by].cat.categories)
+        cat_codes = obs[by].cat.codes.to_numpy()
+        if _neighbors is not None:
             expr_cells, idx = _neighbors
-        cat = obs[by].cat.codes.to_numpy()[idx]  # cells × k
-        n_cat = len(obs[by].cat.categories)
-        counts = np.zeros((idx.shape[0], n_cat))
-        np.add.at(counts, (np.repeat(np.arange(idx.shape[0]), idx.shape[1]), cat.ravel()), 1.0)
-        return pd.DataFrame(counts / idx.shape[1], index=expr_cells, columns=list(obs[by].cat.categories))
+            cat = cat_codes[idx]  # cells × k
+            counts = np.zeros((idx.shape[0], len(cats)))
+            np.add.at(counts, (np.repeat(np.arange(idx.shape[0]), idx.shape[1]), cat.ravel()), 1.0)
+            return pd.DataFrame(counts / idx.shape[1], index=expr_cells, columns=cats)
+        if _codes is not None:
+            expr_cells, codes = _codes
+        else:
+            expr_cells = extract(data, genes, layer=layer, check_values=False).cells
+            codes = self.encode(data, genes=genes, layer=layer, batch_key=batch_key)
+        frac, _ = _hamming.knn_vote(codes, self.ref_codes, cat_codes, len(cats), k, self.n_bits)
+        return pd.DataFrame(frac, index=expr_cells, columns=cats)
 
     def add_reference(self, data, labels=None, *, cell_type_key=None, batches=None, batch_key=None,
                       genes=None, layer=None) -> None:
