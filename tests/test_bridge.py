@@ -32,3 +32,21 @@ def test_warnings_are_recorded_for_r_not_printed(synth, recwarn):
     msgs = _bridge.take_warnings()
     assert len(msgs) == 1 and "rare (2)" in msgs[0]
     assert _bridge.take_warnings() == []
+
+
+def test_type_scores(synth_model, synth):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    a = synth[:100].copy()
+    schash.annotate(a, synth_model)
+    sc = a.obsm["schash_scores"]
+    assert list(sc.columns) == synth_model.cell_types and list(sc.index) == list(a.obs_names)
+    assert ((sc.to_numpy() >= 0) & (sc.to_numpy() <= 1)).all()
+    # the label is the best-scoring type, and the score is 1 - distance / n_bits
+    assert (sc.idxmax(axis=1).to_numpy() == a.obs["schash_label"].astype(str).to_numpy()).all()
+    np.testing.assert_allclose(sc.max(axis=1), 1 - a.obs["schash_distance"] / synth_model.n_bits)
+    res = _bridge.annotate_matrix(synth_model, a.X, list(a.var_names), list(a.obs_names), saliency=False)
+    np.testing.assert_array_equal(res["scores"]["values"], sc.to_numpy())
+    ax = schash.pl.scores(a)
+    assert ax.images[0].get_array().shape == (len(synth_model.cell_types), 100)

@@ -288,7 +288,9 @@ def annotate(
     ``obs[f"{key_added}_label"]``, ``obs[f"{key_added}_pruned_label"]`` (categorical),
     ``obs[f"{key_added}_distance"]``, ``obs[f"{key_added}_delta_next"]``,
     ``obs[f"{key_added}_typicality"]``, ``obs[f"{key_added}_confidence"]`` (float),
-    ``obsm[f"X_{key_added}"]`` (the packed codes, uint8, n_bits/8 columns) and
+    ``obsm[f"X_{key_added}"]`` (the packed codes, uint8, n_bits/8 columns),
+    ``obsm[f"{key_added}_scores"]`` (cells × types scores in [0, 1]: ``1 - d / n_bits`` for the
+    Hamming distance ``d`` to each type's anchor; a DataFrame) and
     ``uns[key_added]`` (the parameters and gene overlap).  With ``neighbors=k``, also the
     composition of the ``k`` nearest reference cells: ``obsm[f"{key_added}_cell_type_composition"]``
     and, when the reference had batches, ``obsm[f"{key_added}_batch_composition"]`` (DataFrames,
@@ -315,6 +317,9 @@ def write_annotation(adata, model, enc, df, *, method, k, layer, batch_key, neig
     for col in df.columns:
         adata.obs[f"{key_added}_{col}"] = df[col].values
     adata.obsm[f"X_{key_added}"] = enc.codes
+    from ._scores import type_scores
+
+    adata.obsm[f"{key_added}_scores"] = type_scores(model, enc.codes, adata.obs_names, enc.empty)
     if neighbors:
         for by in model.reference_obs().columns:  # ties at the k-th distance share equally
             comp = model.composition(None, by=by, k=neighbors, _codes=(adata.obs_names, enc.codes))

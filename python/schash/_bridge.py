@@ -19,6 +19,7 @@ from ._api import train
 from ._errors import InputError
 from ._io import load_model
 from ._saliency import compute_saliency, top_genes as _top_genes
+from ._scores import type_scores
 
 # Warnings raised while R's calls ran, for R to re-raise as R warnings (take_warnings()).
 # Left to Python they would be printed raw to the console, with file paths, where R's
@@ -156,7 +157,9 @@ def annotate_matrix(model, X, genes, cells, method="anchor", k=15, saliency=True
     enc = model._pass(adata, batch_key=batch_key)
     table = model.call(enc, method=str(method), k=int(k))
     table.index = pd.Index(list(adata.obs_names))
+    scores = type_scores(model, enc.codes, table.index, enc.empty)
     out = {"codes": _hamming.unpack(enc.codes, model.n_bits).astype(np.int32), "saliency": None,
+           "scores": _matrix(scores),
            "composition": None, "batch_levels": None, "n_genes_matched": int(enc.n_genes_matched)}
     if neighbors is not None and int(neighbors) > 0:
         out["composition"] = {}

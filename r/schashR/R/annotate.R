@@ -8,11 +8,19 @@
 #' anchor), `schash_delta_next`, `schash_typicality`, `schash_confidence` and, with
 #' `saliency = TRUE`, `schash_top_genes` (the cell's most salient genes).
 #' For a `Seurat` object these go to the cell metadata, the hash codes (as a
-#' cells x n_bits matrix of -1/+1) to the DimReduc `"schash"` (key `schash_`) and
-#' the per-type gene saliency (genes x types) to `Misc(object, "schash")$saliency`.
-#' For a `SingleCellExperiment`: `colData`, `reducedDim(object, "schash")` and
+#' cells x n_bits matrix of -1/+1) to the DimReduc `"schash"` (key `schash_`),
+#' the per-type scores to the assay `"schash_scores"` (types x cells, in `data`;
+#' `_` in type names becomes `-`, as Seurat requires) and the per-type gene saliency
+#' (genes x types) to `Misc(object, "schash")$saliency`.
+#' For a `SingleCellExperiment`: `colData` (the scores as the matrix column
+#' `schash_scores`), `reducedDim(object, "schash")` and
 #' `metadata(object)$schash$saliency`.  A matrix gives a data.frame with the same
-#' columns, with attributes `"codes"` and `"saliency"`.
+#' columns, with attributes `"codes"`, `"scores"` and `"saliency"`.
+#'
+#' The per-type score of a cell is `1 - d / n_bits`, with `d` the Hamming distance
+#' between its code and the type's anchor: 1 on the anchor, about 0.5 for unrelated
+#' codes; the label is the best-scoring type.  See [schash_scores()] and
+#' [schash_plot_scores()].
 #'
 #' With `neighbors = k`, each cell's `k` nearest reference cells by Hamming
 #' distance are looked up (in the same encoding pass) and their composition is
@@ -58,6 +66,7 @@ schash_annotate.default <- function(object, model, ..., batch = NULL, method = "
                          neighbors = neighbors, ...)
   out <- res$table
   attr(out, "codes") <- res$codes
+  attr(out, "scores") <- res$scores
   attr(out, "saliency") <- res$saliency
   attr(out, "composition") <- res$composition
   out
@@ -78,7 +87,19 @@ schash_annotate.Seurat <- function(object, model, ..., batch = NULL, assay = NUL
     embeddings = res$codes, key = "schash_", assay = assay, misc = list(method = method)
   )
   SeuratObject::Misc(object, slot = "schash") <- res$misc
+  # (SeuratObject 5 warns that this data-only assay has no counts layer: none is meant)
+  suppressWarnings(object[["schash_scores"]] <- scores_assay(res$scores))
   object
+}
+
+# The per-type scores as a (v4-style) assay: types x cells in the data slot.  Seurat does
+# not allow "_" in feature names; schash_scores() restores the type names.
+scores_assay <- function(scores) {
+  m <- t(scores)
+  rownames(m) <- gsub("_", "-", rownames(m), fixed = TRUE)
+  a <- suppressWarnings(SeuratObject::CreateAssayObject(data = m))
+  SeuratObject::Key(a) <- "schashscores_"
+  a
 }
 
 #' @rdname schash_annotate
@@ -92,6 +113,7 @@ schash_annotate.SingleCellExperiment <- function(object, model, ..., batch = NUL
                          saliency = saliency, neighbors = neighbors, ...)
   cd <- SummarizedExperiment::colData(object)
   for (col in names(res$table)) cd[[col]] <- res$table[[col]]
+  cd$schash_scores <- res$scores
   SummarizedExperiment::colData(object) <- cd
   SingleCellExperiment::reducedDim(object, "schash") <- res$codes
   md <- S4Vectors::metadata(object)
@@ -131,13 +153,15 @@ annotate_matrix <- function(m, model, batch = NULL, method = "anchor", saliency 
   storage.mode(codes) <- "double"
   dimnames(codes) <- list(rownames(table), paste0("schash_", seq_len(ncol(codes))))
   sal <- py_matrix(res$saliency)
-  misc <- list(saliency = sal, method = method, batch = !is.null(batch), n_genes_matched = res$n_genes_matched,
+  scores <- py_matrix(res$scores)
+  rownames(scores) <- rownames(table)
+  misc <- list(saliency = sal, score_types = colnames(scores), method = method, batch = !is.null(batch), n_genes_matched = res$n_genes_matched,
                n_genes_model = model$info$n_genes)
   if (!is.null(comp)) {
     misc$composition <- comp
     misc$neighbors <- neighbors
   }
-  list(table = table, codes = codes, saliency = sal, composition = comp, misc = misc)
+  list(table = table, codes = codes, saliency = sal, composition = comp, scores = scores, misc = misc)
 }
 
 check_neighbors <- function(neighbors) {
