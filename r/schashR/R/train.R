@@ -13,6 +13,9 @@
 #' @param assay Seurat assay (default: the default assay) or SCE assay (default:
 #'   `counts`, else `logcounts`).
 #' @param layer Seurat layer / slot (`counts` or `data`; default: `counts` when present).
+#'   Seurat v5 assays split by `split()` (layers `counts.A`, `counts.B`, ...) must be
+#'   joined first (`object[["RNA"]] <- JoinLayers(object[["RNA"]])`): a layer holding only
+#'   some of the cells is refused rather than leaving the other cells unannotated.
 #' @param n_bits Length of the hash codes (a multiple of 8).
 #' @param seed Random seed; the same seed on the same machine gives the same model.
 #' @param ... Further arguments of Python's `schash.train()`, e.g. `n_top_genes`,
