@@ -29,7 +29,7 @@ for (t in seq_len(n_types)) {
 mu <- sweep(mu, 2, rlnorm(n_cells, 0, 0.3), "*")
 counts <- Matrix::Matrix(matrix(rnbinom(length(mu), size = 2, mu = mu), n_genes, n_cells), sparse = TRUE)
 dimnames(counts) <- list(paste0("g", seq_len(n_genes)), paste0("c", seq_len(n_cells)))
-Matrix::writeMM(counts, file.path(dir, "counts.mtx"))
+invisible(Matrix::writeMM(counts, file.path(dir, "counts.mtx")))
 writeLines(paste0("type_", types), file.path(dir, "labels.txt"))
 writeLines(rownames(counts), file.path(dir, "genes.txt"))
 

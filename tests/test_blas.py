@@ -1,9 +1,16 @@
 """The BLAS preload (schash._blas) leaves plain Python alone."""
 
-import schash._blas as blas
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 
 def test_plain_python_needs_no_preload():
-    # torch was imported with schash, before any R: nothing was preloaded, nothing is now
-    assert blas.PRELOADED is None
-    assert blas.prefer_torch_blas() is None
+    # a fresh interpreter (this one may have R embedded by rpy2): no foreign sgemm_, nothing preloaded
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1] / "python"),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", "import schash._blas as b, schash; "
+                          "print(b._foreign_blas_visible(), b.PRELOADED)"],
+                         capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.split() == ["False", "None"]
