@@ -21,5 +21,8 @@ def type_scores(model, codes: np.ndarray, cells=None, empty: np.ndarray | None =
     scores = 1.0 - d / model.n_bits
     if empty is not None:
         scores[np.asarray(empty, dtype=bool)] = np.nan
-    index = pd.Index([str(c) for c in cells]) if cells is not None else None
+    if cells is None or isinstance(cells, pd.Index):
+        index = cells  # an AnnData's obs_names as they are (obsm checks the index, dtype included)
+    else:
+        index = pd.Index([str(c) for c in cells])
     return pd.DataFrame(scores, index=index, columns=list(model.cell_types))
