@@ -17,10 +17,10 @@ import argparse
 import numpy as np
 import pandas as pd
 import scanpy as sc
-
 import schash
 from schash import _hamming
 from schash._preprocess import SparseScaled
+
 full = sc.datasets.pbmc68k_reduced()
 ad = full.raw.to_adata(); ad.obs = full.obs.copy()
 rng = np.random.default_rng(0)
@@ -28,7 +28,7 @@ perm = rng.permutation(ad.n_obs); ref, q = ad[perm[:450]].copy(), ad[perm[450:]]
 m = schash.train(ref, cell_type_key="bulk_labels", progress=False, min_cells_per_type=5)
 print("types", len(m.cell_types), "distinct ref codes", len(_hamming.distinct(m.ref_codes)[0]))
 def logits(data):
-    expr, X, _, _ = m._prepare(data)
+    _, X, _, _ = m._prepare(data)
     return m.module.logits_sparse(SparseScaled(X.F, X.groups, X.mean, X.std, X.present, X.clip))
 qc = m.encode(q); lq = logits(q); lr = logits(ref)
 d = _hamming.distances(qc, m.ref_codes).astype(float)
@@ -89,5 +89,6 @@ lines += ["", "Sharing tied places equally scores like breaking ties at random (
           "therefore share tied places equally (single run, one split: differences of 0.005 are noise)."]
 ap = argparse.ArgumentParser()
 ap.add_argument("--out", default="bench/results/neighbor_ties.md")
-open(ap.parse_args().out, "w").write("\n".join(lines) + "\n")
+with open(ap.parse_args().out, "w") as fh:
+    fh.write("\n".join(lines) + "\n")
 print("\n".join(lines))

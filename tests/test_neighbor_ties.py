@@ -8,7 +8,6 @@ import copy
 
 import numpy as np
 import pandas as pd
-
 import schash
 from schash import _bridge, _hamming
 
@@ -25,7 +24,6 @@ def _permuted(model, seed=1):
 
 def test_compositions_and_neighbour_batch_ignore_reference_order(synth_model, synth):
     q = synth[:200].copy()
-    codes = synth_model.encode(q)
     # codes collapse: far fewer distinct codes than cells, so ties at the k-th distance are common
     assert len(_hamming.distinct(synth_model.ref_codes)[0]) < len(synth_model.ref_labels) / 5
     perm = _permuted(synth_model)
