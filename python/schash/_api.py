@@ -290,7 +290,8 @@ def annotate(
     ``obs[f"{key_added}_typicality"]``, ``obs[f"{key_added}_confidence"]`` (float),
     ``obsm[f"X_{key_added}"]`` (the packed codes, uint8, n_bits/8 columns),
     ``obsm[f"{key_added}_scores"]`` (cells × types scores in [0, 1]: ``1 - d / n_bits`` for the
-    Hamming distance ``d`` to each type's anchor; a DataFrame) and
+    Hamming distance ``d`` to each type's anchor; a DataFrame), with a reference map
+    (``model.set_reference_map()``) ``obsm[f"X_{key_added}_umap"]`` (the cells placed on it) and
     ``uns[key_added]`` (the parameters and gene overlap).  With ``neighbors=k``, also the
     composition of the ``k`` nearest reference cells: ``obsm[f"{key_added}_cell_type_composition"]``
     and, when the reference had batches, ``obsm[f"{key_added}_batch_composition"]`` (DataFrames,
@@ -320,6 +321,8 @@ def write_annotation(adata, model, enc, df, *, method, k, layer, batch_key, neig
     from ._scores import type_scores
 
     adata.obsm[f"{key_added}_scores"] = type_scores(model, enc.codes, adata.obs_names, enc.empty)
+    if getattr(model, "ref_map", None) is not None and enc.projected is not None:
+        adata.obsm[f"X_{key_added}_{model.map_name()}"] = model.ref_map.place(enc.projected)
     if neighbors:
         for by in model.reference_obs().columns:  # ties at the k-th distance share equally
             comp = model.composition(None, by=by, k=neighbors, _codes=(adata.obs_names, enc.codes))

@@ -119,12 +119,20 @@ def set_threads(n) -> None:
 
 
 @_r_call
-def train_matrix(X, genes, cells, labels, batches=None, **kwargs):
-    """Train on a cells × genes matrix with R's label (and batch) vectors."""
+def train_matrix(X, genes, cells, labels, batches=None, ref_map=None, ref_map_name=None, **kwargs):
+    """Train on a cells × genes matrix with R's label (and batch) vectors.
+
+    ``ref_map``: the reference's 2-D embedding (cells × 2, e.g. Seurat's UMAP) named
+    ``ref_map_name``, kept in the model (``SchashModel.set_reference_map``).
+    """
     adata = _anndata(X, genes, cells)
     kwargs = _ints(kwargs)
     kwargs.setdefault("progress", False)
-    return train(adata, labels=_labels(labels), batches=_labels(batches), **kwargs)
+    model = train(adata, labels=_labels(labels), batches=_labels(batches), **kwargs)
+    if ref_map is not None:
+        model.set_reference_map(adata, basis=str(ref_map_name or "map"), coords=np.asarray(ref_map, dtype=float),
+                                seed=int(kwargs.get("seed", 0) or 0))
+    return model
 
 
 QUERY_BATCH = "schash_query_batch"  # the obs column the query's batches travel in
@@ -177,6 +185,9 @@ def annotate_matrix(model, X, genes, cells, method="anchor", k=15, saliency=True
     out["table"] = {col: (table[col].astype(str).to_numpy(dtype=object) if col in ("label", "pruned_label", "top_genes", "neighbor_batch")
                           else table[col].to_numpy()) for col in table.columns}
     out["levels"] = list(model.cell_types) + ["Unassigned"]
+    out["ref_map"] = None
+    if model.ref_map is not None:
+        out["ref_map"] = {"name": model.map_name(), "values": model.ref_map.place(enc.projected).astype(np.float64)}
     return out
 
 
@@ -205,6 +216,7 @@ def model_info(model) -> dict:
         "threshold": int(model.threshold),
         "transform": str(model.pre.transform),
         "scale": str(model.pre.scale),
+        "ref_map": model.map_name(),
     }
 
 

@@ -47,6 +47,8 @@ def save_model(model, path, *, overwrite: bool = False) -> None:
         tensors["ref_batches"] = model.ref_batches.astype(np.int32)
     for key, values in model.ref_meta.items():
         tensors[f"ref_meta.{key}"] = np.asarray(values.codes, dtype=np.int32)
+    if getattr(model, "ref_map", None) is not None:  # the reference's 2-D embedding (schash._refmap)
+        tensors.update(model.ref_map.to_tensors())
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -60,6 +62,7 @@ def save_model(model, path, *, overwrite: bool = False) -> None:
         "novelty_k": model.novelty.k,
         "params": model.params,
         "history": model.history,
+        "ref_map": model.ref_map.meta() if getattr(model, "ref_map", None) is not None else None,
     }
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"schash": json.dumps(meta)})
@@ -142,4 +145,11 @@ def load_model(path):
         batch_categories=meta.get("batch_categories"),
         ref_meta={k: pd.Categorical.from_codes(t[f"ref_meta.{k}"].astype(np.int64), cats)
                   for k, cats in meta.get("ref_meta_categories", {}).items()},
+        ref_map=_ref_map(t, meta.get("ref_map")),
     )
+
+
+def _ref_map(t, meta):
+    from ._refmap import ReferenceMap
+
+    return ReferenceMap.from_tensors(t, meta) if meta else None

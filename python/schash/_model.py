@@ -20,6 +20,7 @@ from ._errors import InputError, LabelKeyError
 from ._module import HashMLP
 from ._novelty import NoveltyScorer
 from ._preprocess import Preprocessor, ScaledMatrix
+from ._refmap import ReferenceMap
 from ._stream import Encoded
 
 UNASSIGNED = "Unassigned"
@@ -41,6 +42,7 @@ class SchashModel:
     ref_batches: np.ndarray | None = None
     batch_categories: list[str] | None = None
     ref_meta: dict = field(default_factory=dict)  # more obs columns of the reference: name -> Categorical
+    ref_map: ReferenceMap | None = None  # the reference's 2-D embedding, see set_reference_map()
 
     # -- properties -----------------------------------------------------------------------
     @property
@@ -230,6 +232,42 @@ class SchashModel:
             self.ref_meta[key] = pd.Categorical(np.concatenate([np.asarray(self.ref_meta[key], dtype=object), new]))
         self.ref_codes = np.concatenate([self.ref_codes, codes])
         self.ref_labels = np.concatenate([self.ref_labels, new_labels])
+
+    # -- reference map -----------------------------------------------------------------------
+    def set_reference_map(self, data, basis: str = "X_umap", *, coords=None, genes=None, layer=None,
+                          batch_key=None, max_cells: int = 20000, k: int = 10, seed: int = 0) -> None:
+        """Keep the reference's 2-D embedding (``data.obsm[basis]``, or ``coords``: cells × 2) in the model.
+
+        Query cells are then placed on it like scanpy's ``ingest`` does: at the mean position
+        of their ``k`` nearest reference cells in the PCA space of the typicality scorer (see
+        :mod:`schash._refmap`); :func:`schash.annotate` writes ``obsm["X_schash_<name>"]`` and
+        R's ``schash_annotate()`` a DimReduc / reducedDim ``"ref.<name>"``.  The map is saved
+        with the model.  ``data`` is the reference (or any cells with known positions).
+        """
+        from . import _refmap
+
+        if coords is None:
+            obsm = getattr(data, "obsm", None)
+            if obsm is None or basis not in obsm:
+                have = list(obsm.keys()) if obsm is not None else []
+                raise InputError(f"no obsm[{basis!r}] in the reference; it has {have}. Pass coords= for a matrix")
+            coords = obsm[basis]
+        self.ref_map = _refmap.build(self, data, np.asarray(coords), basis=basis, genes=genes, layer=layer,
+                                     batch_key=batch_key, max_cells=max_cells, k=k, seed=seed)
+
+    def map_name(self) -> str | None:
+        """The reference map's name without a leading ``X_`` (``"umap"``), or ``None``."""
+        if self.ref_map is None:
+            return None
+        b = self.ref_map.basis
+        return b[2:] if b.startswith("X_") else b
+
+    def place_on_reference_map(self, data, *, genes=None, layer=None, batch_key=None) -> np.ndarray:
+        """Positions (cells × 2) of the cells of ``data`` on the reference map."""
+        if self.ref_map is None:
+            raise InputError("this model has no reference map; see set_reference_map()")
+        enc = self._pass(data, genes=genes, layer=layer, batch_key=batch_key)
+        return self.ref_map.place(enc.projected)
 
     # -- explanation -------------------------------------------------------------------------
     def saliency(self, data, *, genes=None, layer=None, by="label", method: str = "gradient_x_input",

@@ -17,6 +17,12 @@
 #' `metadata(object)$schash$saliency`.  A matrix gives a data.frame with the same
 #' columns, with attributes `"codes"`, `"scores"` and `"saliency"`.
 #'
+#' When the model keeps a reference map (`schash_train(..., reduction = "umap")`), each
+#' cell is also placed on it, at the mean position of its nearest reference cells (like
+#' scanpy's ingest; neighbours in the PCA of the reference's standardised expression),
+#' as the DimReduc (Seurat) / reducedDim (SingleCellExperiment) `"ref.umap"` or the
+#' attribute `"ref_map"` (matrix).
+#'
 #' The per-type score of a cell is `1 - d / n_bits`, with `d` the Hamming distance
 #' between its code and the type's anchor: 1 on the anchor, about 0.5 for unrelated
 #' codes; the label is the best-scoring type.  See [schash_scores()] and
@@ -67,6 +73,7 @@ schash_annotate.default <- function(object, model, ..., batch = NULL, method = "
   out <- res$table
   attr(out, "codes") <- res$codes
   attr(out, "scores") <- res$scores
+  attr(out, "ref_map") <- res$ref_map
   attr(out, "saliency") <- res$saliency
   attr(out, "composition") <- res$composition
   out
@@ -87,10 +94,18 @@ schash_annotate.Seurat <- function(object, model, ..., batch = NULL, assay = NUL
     embeddings = res$codes, key = "schash_", assay = assay, misc = list(method = method)
   )
   SeuratObject::Misc(object, slot = "schash") <- res$misc
+  if (!is.null(res$ref_map)) {
+    object[[res$ref_map_name]] <- SeuratObject::CreateDimReducObject(
+      embeddings = res$ref_map, key = colnames_key(res$ref_map), assay = assay,
+      misc = list(schash = "query cells placed on the reference map")
+    )
+  }
   # (SeuratObject 5 warns that this data-only assay has no counts layer: none is meant)
   suppressWarnings(object[["schash_scores"]] <- scores_assay(res$scores))
   object
 }
+
+colnames_key <- function(m) sub("[0-9]+$", "", colnames(m)[1])
 
 # The per-type scores as a (v4-style) assay: types x cells in the data slot.  Seurat does
 # not allow "_" in feature names; schash_scores() restores the type names.
@@ -116,6 +131,7 @@ schash_annotate.SingleCellExperiment <- function(object, model, ..., batch = NUL
   cd$schash_scores <- res$scores
   SummarizedExperiment::colData(object) <- cd
   SingleCellExperiment::reducedDim(object, "schash") <- res$codes
+  if (!is.null(res$ref_map)) SingleCellExperiment::reducedDim(object, res$ref_map_name) <- res$ref_map
   md <- S4Vectors::metadata(object)
   md$schash <- res$misc
   S4Vectors::metadata(object) <- md
@@ -161,7 +177,17 @@ annotate_matrix <- function(m, model, batch = NULL, method = "anchor", saliency 
     misc$composition <- comp
     misc$neighbors <- neighbors
   }
-  list(table = table, codes = codes, saliency = sal, composition = comp, scores = scores, misc = misc)
+  ref_map <- NULL
+  ref_map_name <- NULL
+  if (!is.null(res$ref_map)) {
+    ref_map_name <- paste0("ref.", res$ref_map$name)
+    key <- paste0("ref", gsub("[^A-Za-z0-9]", "", res$ref_map$name), "_")
+    ref_map <- as.matrix(res$ref_map$values)
+    storage.mode(ref_map) <- "double"
+    dimnames(ref_map) <- list(rownames(table), paste0(key, 1:2))
+  }
+  list(table = table, codes = codes, saliency = sal, composition = comp, scores = scores, misc = misc,
+       ref_map = ref_map, ref_map_name = ref_map_name)
 }
 
 check_neighbors <- function(neighbors) {

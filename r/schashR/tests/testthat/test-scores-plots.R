@@ -44,3 +44,37 @@ test_that("confusion plot and colours: one colour per type, the same in every pl
   expect_setequal(unique(built$data[[1]]$fill), unname(cols[unique(as.character(comp$data$category))]))
   expect_match(levels(comp$data$group), "\\([0-9]+\\)$")
 })
+
+test_that("reference map: train with reduction =, query cells placed like ingest", {
+  skip_if_no_schash()
+  p <- pbmc()
+  model <- do.call(schash_train, c(list(p, cell_type = "RNA_snn_res.1", reduction = "tsne"), fast_args))
+  expect_equal(model$info$ref_map, "tsne")
+  expect_output(print(model), "reference map: tsne")
+  a <- schash_annotate(p, model, saliency = FALSE)
+  expect_true("ref.tsne" %in% SeuratObject::Reductions(a))
+  pos <- SeuratObject::Embeddings(a, "ref.tsne")
+  expect_equal(dim(pos), c(80L, 2L))
+  expect_equal(rownames(pos), colnames(p))
+  own <- SeuratObject::Embeddings(p, "tsne")
+  # the reference's own cells land near their own positions, not stacked on a few points
+  expect_gt(cor(pos[, 1], own[, 1]), 0.8)
+  expect_gt(cor(pos[, 2], own[, 2]), 0.8)
+  expect_gt(nrow(unique(round(pos, 3))), 40)
+  # SingleCellExperiment and matrices
+  sce <- pbmc_sce()
+  SingleCellExperiment::reducedDim(sce, "TSNE") <- own
+  m2 <- do.call(schash_train, c(list(sce, cell_type = "RNA_snn_res.1", reduction = "TSNE"), fast_args))
+  b <- schash_annotate(sce, m2, saliency = FALSE)
+  expect_equal(dim(SingleCellExperiment::reducedDim(b, "ref.TSNE")), c(80L, 2L))
+  counts <- assay_data(p, "counts")
+  m3 <- do.call(schash_train, c(list(counts, cell_type = p$RNA_snn_res.1, reduction = own), fast_args))
+  expect_equal(dim(attr(schash_annotate(counts, m3, saliency = FALSE), "ref_map")), c(80L, 2L))
+  # saved with the model
+  path <- tempfile(fileext = ".schash")
+  schash_save(model, path)
+  expect_equal(schash_load(path)$info$ref_map, "tsne")
+  expect_error(schash_train(p, cell_type = "groups", reduction = "umap"), "reduction 'umap' is not in this Seurat object")
+  expect_error(schash_train(counts, cell_type = p$groups, reduction = "tsne"), "for a matrix, reduction must be")
+  expect_error(schash_train(counts, cell_type = p$groups, reduction = own[1:5, ]), "cells x 2 matrix \\(80 rows\\)")
+})
