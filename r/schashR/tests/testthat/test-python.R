@@ -68,7 +68,7 @@ test_that("schash_install() offline fails fast, names the Python and leaves no v
   # an index that refuses connections at once stands for "offline"
   Sys.setenv(WORKON_HOME = home, PIP_INDEX_URL = "http://127.0.0.1:9/simple", PIP_QUIET = "2")
   t <- system.time(err <- expect_error(suppressMessages(utils::capture.output(
-    schash_install("schash-test-env", python = py)))))[["elapsed"]]
+    schash_install("schash-test-env", package = "schash-annotate==0.0.0.dev0", python = py)))))[["elapsed"]]
   expect_match(conditionMessage(err), paste0("from Python ", py, "\\) failed"), fixed = FALSE)
   expect_match(conditionMessage(err), "schash-annotate")
   expect_match(conditionMessage(err), "was removed again")
