@@ -4,6 +4,10 @@
 #   bash scripts/setup.sh --with-r   also R 4.x with Seurat/SingleCellExperiment (Debian/Ubuntu packages,
 #                                    needs root or sudo), rpy2 + anndata2ri, and the R package schashR
 #   bash scripts/setup.sh --bench    also the benchmark peers (CellTypist, faiss)
+# With --with-r, when ../shared/r-src holds the sources of Matrix >= 1.6.4 and SeuratObject 5
+# (see its README), they are also built into the private library .rlib5 (ignored by git;
+# the system library is untouched), against which scripts/test.sh runs the R tests a second
+# time, for Seurat v5 objects.  Without that folder this step is skipped with a message.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WITH_R=0 BENCH=0
@@ -45,5 +49,23 @@ EXTRAS="test"
 
 if [ "$WITH_R" = 1 ]; then
   R CMD INSTALL --no-test-load r/schashR >/dev/null
+  RSRC=../shared/r-src
+  if ls "$RSRC"/Matrix_*.tar.gz "$RSRC"/SeuratObject_5*.tar.gz >/dev/null 2>&1; then
+    if R_LIBS=.rlib5 Rscript -e 'quit(status = !isTRUE(packageVersion("SeuratObject", lib.loc = ".rlib5") >= "5.0.0"))' \
+        >/dev/null 2>&1; then
+      echo "Seurat v5 test library .rlib5 is already built"
+    else
+      echo "building Matrix and SeuratObject 5 from $RSRC into .rlib5 (a few minutes)"
+      mkdir -p .rlib5
+      if ! { R CMD INSTALL -l .rlib5 "$(ls "$RSRC"/Matrix_*.tar.gz | tail -1)" &&
+             R_LIBS=.rlib5 R CMD INSTALL -l .rlib5 "$(ls "$RSRC"/SeuratObject_5*.tar.gz | tail -1)"; } \
+           >.rlib5.log 2>&1; then
+        tail -20 .rlib5.log >&2; echo "setup.sh: building the Seurat v5 test library failed (.rlib5.log)" >&2
+        rm -rf .rlib5; exit 1
+      fi
+    fi
+  else
+    echo "no Matrix/SeuratObject 5 sources in $RSRC: the R tests will not be run against Seurat v5"
+  fi
 fi
 echo "schash is set up in .venv ($(.venv/bin/python -c 'import schash; print(schash.__version__)'))"

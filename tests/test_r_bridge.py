@@ -15,6 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# R embedded by rpy2 runs without the GIL (cffi releases it around calls into R), and
+# reticulate 1.28's finalizers release Python objects without taking it back: an R garbage
+# collection that frees a reticulate object aborts the interpreter ("PyThreadState_Get: ...
+# the GIL is released").  A large initial R heap (read when R starts, just below) keeps R from
+# collecting during these short tests; whether a collection falls inside a test otherwise
+# depends on how much R allocates.
+os.environ.setdefault("R_NSIZE", "20000000")
+os.environ.setdefault("R_VSIZE", "4000M")
 ro = pytest.importorskip("rpy2.robjects")
 pytest.importorskip("anndata2ri")
 
@@ -129,3 +137,19 @@ def test_python_saved_model_loads_in_r(r, adata, tmp_path):
     r(f'm <- schash_load("{path}"); ann <- schash_annotate(counts, m, saliency = FALSE)')
     assert list(r("schash_cell_types(m)")) == ["g1", "g2"]
     assert list(r("as.character(ann$schash_label)")) == list(py_model.predict(adata)["label"].astype(str))
+
+
+def test_r_scores_composition_and_query_batches_match_python(r, adata, r_model, tmp_path):
+    """R's schash_annotate(batch=, neighbors=) and schash_scores() against Python's annotate()."""
+    if not r('exists("schash_scores", envir = asNamespace("schashR"))')[0]:
+        pytest.skip("the installed schashR predates schash_scores(); reinstall r/schashR")
+    path = tmp_path / "m.schash"
+    r(f'schash_save(r_model, "{path}")')
+    m = schash.load(path)
+    r('ann <- schash_annotate(sce, r_model, saliency = FALSE, neighbors = 10, batch = "groups")')
+    a = adata.copy()
+    schash.annotate(a, m, neighbors=10, batch_key="groups")
+    assert list(r("as.character(ann$schash_label)")) == list(a.obs["schash_label"].astype(str))
+    np.testing.assert_allclose(np.asarray(r("schash_scores(ann)")), a.obsm["schash_scores"].to_numpy())
+    np.testing.assert_allclose(np.asarray(r('as.matrix(schash_composition(ann, "cell_type"))')),
+                               a.obsm["schash_cell_type_composition"].to_numpy())

@@ -13,7 +13,11 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+unknown"
 
-from ._api import annotate, train
+from ._blas import prefer_torch_blas as _prefer_torch_blas
+
+_prefer_torch_blas()  # before torch is imported: inside R, torch must not use R's BLAS
+
+from ._api import annotate, train  # noqa: E402
 from ._errors import GeneOverlapError, InputError, LabelKeyError, ModelFileError, SchashError
 from ._io import load_model as load
 from ._model import UNASSIGNED, SchashModel

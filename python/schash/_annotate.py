@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from . import _args, _hamming
+from . import _args
 from ._data import _is_anndata
 from ._errors import InputError
 
@@ -41,7 +41,10 @@ def annotate(
     ``obs[f"{key_added}_label"]``, ``obs[f"{key_added}_pruned_label"]`` (categorical),
     ``obs[f"{key_added}_distance"]``, ``obs[f"{key_added}_delta_next"]``,
     ``obs[f"{key_added}_typicality"]``, ``obs[f"{key_added}_confidence"]`` (float),
-    ``obsm[f"X_{key_added}"]`` (the packed codes, uint8, n_bits/8 columns) and
+    ``obsm[f"X_{key_added}"]`` (the packed codes, uint8, n_bits/8 columns),
+    ``obsm[f"{key_added}_scores"]`` (cells × types scores in [0, 1]: ``1 - d / n_bits`` for the
+    Hamming distance ``d`` to each type's anchor; a DataFrame), with a reference map
+    (``model.set_reference_map()``) ``obsm[f"X_{key_added}_umap"]`` (the cells placed on it) and
     ``uns[key_added]`` (the parameters, gene overlap, the detected input kind, and the
     keys this run created).  With ``neighbors=k``, also the
     composition of the ``k`` nearest reference cells: ``obsm[f"{key_added}_cell_type_composition"]``
@@ -89,7 +92,9 @@ def _new_keys(model, key_added, neighbors) -> dict:
     """The obs and obsm keys an annotation writes."""
     obs = [f"{key_added}_{c}" for c in ("label", "pruned_label", "distance", "delta_next", "typicality",
                                          "confidence")]
-    obsm = [f"X_{key_added}"]
+    obsm = [f"X_{key_added}", f"{key_added}_scores"]
+    if getattr(model, "ref_map", None) is not None:
+        obsm.append(f"X_{key_added}_{model.map_name()}")
     if neighbors:
         cols = list(model.reference_obs().columns)
         obsm += [f"{key_added}_{by}_composition" for by in cols]
@@ -112,7 +117,8 @@ def _created_before(adata, key_added) -> dict:
     suffixes = ("label", "pruned_label", "distance", "delta_next", "typicality", "confidence", "neighbor_batch")
     return {"obs": [f"{key_added}_{c}" for c in suffixes if f"{key_added}_{c}" in adata.obs],
             "obsm": [m for m in adata.obsm.keys()
-                     if m == f"X_{key_added}" or (m.startswith(f"{key_added}_") and m.endswith("_composition"))]}
+                     if m in (f"X_{key_added}", f"{key_added}_scores")
+                     or (m.startswith(f"{key_added}_") and m.endswith("_composition"))]}
 
 
 def _fields_to_replace(adata, key_added, new: dict) -> dict:
@@ -136,11 +142,15 @@ def write_annotation(adata, model, enc, df, *, method, k, layer, batch_key, neig
     new = _new_keys(model, key_added, neighbors)
     before = _fields_to_replace(adata, key_added, new)
     obs = {f"{key_added}_{col}": df[col].values for col in df.columns}
-    obsm = {f"X_{key_added}": enc.codes}
+    from ._scores import type_scores
+
+    obsm = {f"X_{key_added}": enc.codes,
+            f"{key_added}_scores": type_scores(model, enc.codes, adata.obs_names, enc.empty)}
+    if getattr(model, "ref_map", None) is not None and enc.projected is not None:
+        obsm[f"X_{key_added}_{model.map_name()}"] = model.ref_map.place(enc.projected)
     if neighbors:
-        idx, _ = _hamming.knn_indices(enc.codes, model.ref_codes, neighbors, progress=progress)
-        for by in model.reference_obs().columns:
-            comp = model.composition(None, by=by, _neighbors=(adata.obs_names, idx))
+        for by in model.reference_obs().columns:  # ties at the k-th distance share equally
+            comp = model.composition(None, by=by, k=neighbors, _codes=(adata.obs_names, enc.codes))
             obsm[f"{key_added}_{by}_composition"] = comp
             if by == "batch":
                 obs[f"{key_added}_neighbor_batch"] = pd.Categorical(comp.idxmax(axis=1))

@@ -134,6 +134,7 @@ def train(
     batch_size: int | None = None,
     max_epochs: int | None = None,
     augment: float = 0.8,
+    basis: str | None = None,
     prune_quantile: float = 0.99,
     novelty_alpha: float = 0.02,
     seed: int = 0,
@@ -174,6 +175,10 @@ def train(
         Types with fewer reference cells are dropped with a warning.  The default keeps every
         type: a type with a handful of cells is still learnt (class-balanced loss, never in the
         validation split below 3 cells), where dropping it makes all its query cells wrong.
+    basis
+        An ``obsm`` key of the reference's 2-D embedding (``"X_umap"``): the model keeps it as a
+        reference map, and :func:`annotate` places query cells on it (``obsm["X_schash_umap"]``;
+        see :meth:`SchashModel.set_reference_map`).
     max_cells_per_type
         Train on at most this many cells of each type (a random subsample); the reference
         database still holds the codes of every cell.  For atlases of millions of cells.
@@ -203,6 +208,11 @@ def train(
     if not 0.0 <= float(augment) <= 1.0:
         raise InputError(f"augment is the fraction of training cells perturbed in each epoch, in [0, 1]; got {augment!r}")
     path = data if isinstance(data, (str, os.PathLike)) else None
+    if basis is not None and basis not in (getattr(data, "obsm", None) or {}):
+        have = list(data.obsm.keys()) if getattr(data, "obsm", None) is not None else None
+        raise InputError(f"basis={basis!r} names no obsm entry of the reference"
+                         + (f"; it has {have}" if have is not None else
+                            " (it is not an in-memory AnnData): load it, or call model.set_reference_map() later"))
     meta = _reference_meta(path) if path is not None else extract(data, genes, layer=layer)
     y_all = _column(meta, labels, cell_type_key, "cell type")
     if y_all is None:
@@ -254,6 +264,8 @@ def train(
         model.ref_batches, model.batch_categories = bc.codes.astype(np.int64), [str(c) for c in bc.categories]
     model.ref_meta = {key: pd.Categorical(values[db_rows]) for key, values in extra.items()}
     model.params["n_reference_cells"] = int(len(model.ref_labels))
+    if basis is not None:
+        model.set_reference_map(data, basis=basis, genes=genes, layer=layer, seed=seed)
     return model
 
 

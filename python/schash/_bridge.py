@@ -7,6 +7,9 @@ vectors it sends as scalars, and keep R's cell and gene names.
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 import numpy as np
 import pandas as pd
 from scipy import sparse
@@ -16,6 +19,41 @@ from ._api import train
 from ._errors import InputError
 from ._io import load_model
 from ._saliency import compute_saliency, top_genes as _top_genes
+from ._scores import type_scores
+
+# Warnings raised while R's calls ran, for R to re-raise as R warnings (take_warnings()).
+# Left to Python they would be printed raw to the console, with file paths, where R's
+# suppressWarnings() and warnings() cannot see them.
+_PENDING: list[str] = []
+_DEVELOPER_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+def _r_call(fn):
+    """Run a bridge function with its warnings recorded for :func:`take_warnings`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for cat in _DEVELOPER_WARNINGS:  # meant for developers of the libraries, not for R users
+                warnings.simplefilter("ignore", cat)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                for w in caught:
+                    msg = str(w.message)
+                    if msg not in _PENDING:
+                        _PENDING.append(msg)
+
+    return wrapper
+
+
+def take_warnings() -> list[str]:
+    """The messages of the warnings recorded since the last call (each once), and forget them."""
+    out = list(_PENDING)
+    _PENDING.clear()
+    return out
+
 
 _INT_ARGS = ("n_bits", "n_top_genes", "min_cells_per_type", "max_cells_per_type", "batch_size", "max_epochs", "seed", "k",
              "num_threads")
@@ -67,9 +105,13 @@ def _anndata(X, genes, cells):
         raise InputError(f"the matrix has {X.shape[1]} genes but {0 if genes is None else len(genes)} gene names")
     if cells is None or len(cells) != X.shape[0]:
         cells = [f"cell_{i}" for i in range(X.shape[0])]
-    return anndata.AnnData(X=X, obs=pd.DataFrame(index=pd.Index(cells)), var=pd.DataFrame(index=pd.Index(genes)))
+    with warnings.catch_warnings():
+        # duplicate names: schash's own check (an error with advice) follows; no anndata warning first
+        warnings.filterwarnings("ignore", message=r"(Variable|Observation) names are not unique")
+        return anndata.AnnData(X=X, obs=pd.DataFrame(index=pd.Index(cells)), var=pd.DataFrame(index=pd.Index(genes)))
 
 
+@_r_call
 def set_threads(n) -> None:
     """Set torch's intra-op threads (1 gives bit-identical results between processes)."""
     import torch
@@ -77,16 +119,33 @@ def set_threads(n) -> None:
     torch.set_num_threads(int(n))
 
 
-def train_matrix(X, genes, cells, labels, batches=None, **kwargs):
-    """Train on a cells × genes matrix with R's label (and batch) vectors."""
+@_r_call
+def train_matrix(X, genes, cells, labels, batches=None, ref_map=None, ref_map_name=None, **kwargs):
+    """Train on a cells × genes matrix with R's label (and batch) vectors.
+
+    ``ref_map``: the reference's 2-D embedding (cells × 2, e.g. Seurat's UMAP) named
+    ``ref_map_name``, kept in the model (``SchashModel.set_reference_map``).
+    """
     adata = _anndata(X, genes, cells)
     kwargs = _ints(kwargs)
     kwargs.setdefault("progress", False)
-    return train(adata, labels=_labels(labels), batches=_labels(batches), **kwargs)
+    model = train(adata, labels=_labels(labels), batches=_labels(batches), **kwargs)
+    if ref_map is not None:
+        model.set_reference_map(adata, basis=str(ref_map_name or "map"), coords=np.asarray(ref_map, dtype=float),
+                                seed=int(kwargs.get("seed", 0) or 0))
+    return model
 
 
-def annotate_matrix(model, X, genes, cells, method="anchor", k=15, saliency=True, n_top_cell=5, neighbors=None):
+QUERY_BATCH = "schash_query_batch"  # the obs column the query's batches travel in
+
+
+@_r_call
+def annotate_matrix(model, X, genes, cells, method="anchor", k=15, saliency=True, n_top_cell=5, neighbors=None,
+                    batches=None):
     """Annotate a cells × genes matrix.
+
+    ``batches``: the query's batches, one per cell (R's ``batch=``), used like
+    ``annotate(batch_key=)``: each query batch is scaled on its own.
 
     Returns a dict: ``table`` (dict of per-cell columns: label, pruned_label, distance,
     delta_next, typicality, confidence, top_genes with ``saliency``, and neighbor_batch with
@@ -97,28 +156,39 @@ def annotate_matrix(model, X, genes, cells, method="anchor", k=15, saliency=True
     distance, from the same encoding pass; else None), ``batch_levels`` and ``n_genes_matched``.
     """
     adata = _anndata(X, genes, cells)
-    enc = model._pass(adata)
+    batch_key = None
+    if batches is not None:
+        b = _labels(batches)
+        if len(b) != adata.n_obs:
+            raise InputError(f"{len(b)} batches for {adata.n_obs} cells")
+        adata.obs[QUERY_BATCH] = pd.Categorical(np.asarray(b, dtype=str))
+        batch_key = QUERY_BATCH
+    enc = model._pass(adata, batch_key=batch_key)
     table = model.call(enc, method=str(method), k=int(k))
     table.index = pd.Index(list(adata.obs_names))
+    scores = type_scores(model, enc.codes, table.index, enc.empty)
     out = {"codes": _hamming.unpack(enc.codes, model.n_bits).astype(np.int32), "saliency": None,
+           "scores": _matrix(scores),
            "composition": None, "batch_levels": None, "n_genes_matched": int(enc.n_genes_matched)}
     if neighbors is not None and int(neighbors) > 0:
-        idx, _ = _hamming.knn_indices(enc.codes, model.ref_codes, int(neighbors))
         out["composition"] = {}
-        for by in model.reference_obs().columns:
-            comp = model.composition(None, by=by, _neighbors=(table.index, idx))
+        for by in model.reference_obs().columns:  # ties at the k-th distance share equally
+            comp = model.composition(None, by=by, k=int(neighbors), _codes=(table.index, enc.codes))
             out["composition"][by] = _matrix(comp)
             if by == "batch":
                 table["neighbor_batch"] = comp.idxmax(axis=1).to_numpy()
                 out["batch_levels"] = [str(c) for c in comp.columns]
     if saliency:
-        sal = compute_saliency(model, adata, n_top_cell=int(n_top_cell))
+        sal = compute_saliency(model, adata, n_top_cell=int(n_top_cell), batch_key=batch_key)
         table["top_genes"] = sal.cell_top_genes.to_numpy()
         out["saliency"] = _matrix(sal.by_group)
     # columns as plain arrays (label columns as strings; R makes the factors with these levels)
     out["table"] = {col: (table[col].astype(str).to_numpy(dtype=object) if col in ("label", "pruned_label", "top_genes", "neighbor_batch")
                           else table[col].to_numpy()) for col in table.columns}
     out["levels"] = list(model.cell_types) + ["Unassigned"]
+    out["ref_map"] = None
+    if model.ref_map is not None:
+        out["ref_map"] = {"name": model.map_name(), "values": model.ref_map.place(enc.projected).astype(np.float64)}
     return out
 
 
@@ -128,12 +198,14 @@ def _matrix(df: pd.DataFrame) -> dict:
             "cols": [str(v) for v in df.columns]}
 
 
+@_r_call
 def encode_matrix(model, X, genes, cells):
     """Unpacked codes (±1 int32, cells × n_bits) of a cells × genes matrix."""
     enc = model._pass(_anndata(X, genes, cells))
     return _hamming.unpack(enc.codes, model.n_bits).astype(np.int32)
 
 
+@_r_call
 def model_info(model) -> dict:
     """What the R print method shows."""
     return {
@@ -145,16 +217,20 @@ def model_info(model) -> dict:
         "threshold": int(model.threshold),
         "transform": str(model.pre.transform),
         "scale": str(model.pre.scale),
+        "ref_map": model.map_name(),
     }
 
 
+@_r_call
 def save(model, path, overwrite=False) -> None:
     model.save(str(path), overwrite=bool(overwrite))
 
 
+@_r_call
 def load(path):
     return load_model(str(path))
 
 
+@_r_call
 def top_genes(saliency: pd.DataFrame, n=10) -> pd.DataFrame:
     return _top_genes(saliency, n=int(n))

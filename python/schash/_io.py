@@ -50,6 +50,8 @@ def save_model(model, path, *, overwrite: bool = False) -> None:
         tensors["ref_batches"] = model.ref_batches.astype(np.int32)
     for key, values in model.ref_meta.items():
         tensors[f"ref_meta.{key}"] = np.asarray(values.codes, dtype=np.int32)
+    if getattr(model, "ref_map", None) is not None:  # the reference's 2-D embedding (schash._refmap)
+        tensors.update(model.ref_map.to_tensors())
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -64,6 +66,7 @@ def save_model(model, path, *, overwrite: bool = False) -> None:
         "novelty_metric": model.novelty.metric,
         "params": model.params,
         "history": model.history,
+        "ref_map": model.ref_map.meta() if getattr(model, "ref_map", None) is not None else None,
     }
     data = save(tensors, metadata={"schash": json.dumps(meta)})
     write_bytes(path, data, overwrite=overwrite)
@@ -184,4 +187,11 @@ def _build(meta: dict, t: dict):
         batch_categories=meta.get("batch_categories"),
         ref_meta={k: pd.Categorical.from_codes(t[f"ref_meta.{k}"].astype(np.int64), cats)
                   for k, cats in meta.get("ref_meta_categories", {}).items()},
+        ref_map=_ref_map(t, meta.get("ref_map")),
     )
+
+
+def _ref_map(t, meta):
+    from ._refmap import ReferenceMap
+
+    return ReferenceMap.from_tensors(t, meta) if meta else None

@@ -20,6 +20,7 @@ from ._errors import InputError, LabelKeyError
 from ._module import HashMLP
 from ._novelty import NoveltyScorer
 from ._preprocess import Preprocessor, ScaledMatrix
+from ._refmap import ReferenceMap
 from ._stream import Encoded
 
 UNASSIGNED = "Unassigned"
@@ -41,6 +42,7 @@ class SchashModel:
     ref_batches: np.ndarray | None = None
     batch_categories: list[str] | None = None
     ref_meta: dict = field(default_factory=dict)  # more obs columns of the reference: name -> Categorical
+    ref_map: ReferenceMap | None = None  # the reference's 2-D embedding, see set_reference_map()
 
     # -- properties -----------------------------------------------------------------------
     @property
@@ -154,8 +156,11 @@ class SchashModel:
                   progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest reference cells of each query cell by Hamming distance.
 
-        Returns ``(indices, distances)``, each cells × k, ordered by distance (ties by
-        reference index).  Indices point into the reference database, whose labels and
+        Returns ``(indices, distances)``, each cells × k, ordered by distance.  Trained codes
+        collapse onto few distinct values, so many reference cells often tie at the k-th
+        distance; which of them are listed then follows the reference order.  Summaries
+        that must not depend on that order, such as :meth:`composition`, weigh every tied
+        cell equally instead.  Indices point into the reference database, whose labels and
         batches are ``model.reference_obs()``.
         """
         from . import _args
@@ -175,24 +180,35 @@ class SchashModel:
         return obs
 
     def composition(self, data, *, by: str = "batch", k: int = 15, genes=None, layer=None, batch_key=None,
-                    _neighbors=None) -> pd.DataFrame:
+                    _neighbors=None, _codes=None) -> pd.DataFrame:
         """Fraction of each category of reference metadata ``by`` among each cell's ``k`` neighbours.
 
-        A cells × categories DataFrame whose rows sum to 1 (``by`` is ``"cell_type"`` or ``"batch"``).
+        A cells × categories DataFrame whose rows sum to 1 (``by`` is ``"cell_type"``, ``"batch"``
+        or a ``reference_keys`` column).  Reference cells closer than the k-th distance count
+        fully; those tied at the k-th distance share the remaining weight equally, so the
+        answer does not depend on the order of the reference cells (bench/neighbor_ties.py:
+        as accurate as breaking ties at random, without the randomness).
+        ``_codes=(cells, packed codes)`` reuses an encoding pass; ``_neighbors=(cells, indices)``
+        counts given neighbour lists as they are.
         """
         obs = self.reference_obs()
         if by not in obs:
             raise LabelKeyError(f"the reference database has no {by!r} column; it has {list(obs.columns)}")
-        if _neighbors is None:
-            expr_cells = extract(data, genes, layer=layer, check_values=False).cells
-            idx, _ = self.neighbors(data, k=k, genes=genes, layer=layer, batch_key=batch_key)
-        else:
+        cats = list(obs[by].cat.categories)
+        cat_codes = obs[by].cat.codes.to_numpy()
+        if _neighbors is not None:
             expr_cells, idx = _neighbors
-        cat = obs[by].cat.codes.to_numpy()[idx]  # cells × k
-        n_cat = len(obs[by].cat.categories)
-        counts = np.zeros((idx.shape[0], n_cat))
-        np.add.at(counts, (np.repeat(np.arange(idx.shape[0]), idx.shape[1]), cat.ravel()), 1.0)
-        return pd.DataFrame(counts / idx.shape[1], index=expr_cells, columns=list(obs[by].cat.categories))
+            cat = cat_codes[idx]  # cells × k
+            counts = np.zeros((idx.shape[0], len(cats)))
+            np.add.at(counts, (np.repeat(np.arange(idx.shape[0]), idx.shape[1]), cat.ravel()), 1.0)
+            return pd.DataFrame(counts / idx.shape[1], index=expr_cells, columns=cats)
+        if _codes is not None:
+            expr_cells, codes = _codes
+        else:
+            expr_cells = extract(data, genes, layer=layer, check_values=False).cells
+            codes = self.encode(data, genes=genes, layer=layer, batch_key=batch_key)
+        frac, _ = _hamming.knn_vote(codes, self.ref_codes, cat_codes, len(cats), k, self.n_bits)
+        return pd.DataFrame(frac, index=expr_cells, columns=cats)
 
     def add_reference(self, data, labels=None, *, cell_type_key=None, batches=None, batch_key=None,
                       genes=None, layer=None) -> None:
@@ -225,6 +241,42 @@ class SchashModel:
             self.ref_meta[key] = pd.Categorical(np.concatenate([np.asarray(self.ref_meta[key], dtype=object), new]))
         self.ref_codes = np.concatenate([self.ref_codes, codes])
         self.ref_labels = np.concatenate([self.ref_labels, new_labels])
+
+    # -- reference map -----------------------------------------------------------------------
+    def set_reference_map(self, data, basis: str = "X_umap", *, coords=None, genes=None, layer=None,
+                          batch_key=None, max_cells: int = 20000, k: int = 10, seed: int = 0) -> None:
+        """Keep the reference's 2-D embedding (``data.obsm[basis]``, or ``coords``: cells × 2) in the model.
+
+        Query cells are then placed on it like scanpy's ``ingest`` does: at the mean position
+        of their ``k`` nearest reference cells in the PCA space of the typicality scorer (see
+        :mod:`schash._refmap`); :func:`schash.annotate` writes ``obsm["X_schash_<name>"]`` and
+        R's ``schash_annotate()`` a DimReduc / reducedDim ``"ref.<name>"``.  The map is saved
+        with the model.  ``data`` is the reference (or any cells with known positions).
+        """
+        from . import _refmap
+
+        if coords is None:
+            obsm = getattr(data, "obsm", None)
+            if obsm is None or basis not in obsm:
+                have = list(obsm.keys()) if obsm is not None else []
+                raise InputError(f"no obsm[{basis!r}] in the reference; it has {have}. Pass coords= for a matrix")
+            coords = obsm[basis]
+        self.ref_map = _refmap.build(self, data, np.asarray(coords), basis=basis, genes=genes, layer=layer,
+                                     batch_key=batch_key, max_cells=max_cells, k=k, seed=seed)
+
+    def map_name(self) -> str | None:
+        """The reference map's name without a leading ``X_`` (``"umap"``), or ``None``."""
+        if self.ref_map is None:
+            return None
+        b = self.ref_map.basis
+        return b[2:] if b.startswith("X_") else b
+
+    def place_on_reference_map(self, data, *, genes=None, layer=None, batch_key=None) -> np.ndarray:
+        """Positions (cells × 2) of the cells of ``data`` on the reference map."""
+        if self.ref_map is None:
+            raise InputError("this model has no reference map; see set_reference_map()")
+        enc = self._pass(data, genes=genes, layer=layer, batch_key=batch_key)
+        return self.ref_map.place(enc.projected)
 
     # -- explanation -------------------------------------------------------------------------
     def saliency(self, data, *, genes=None, layer=None, by="label", method: str = "gradient_x_input",

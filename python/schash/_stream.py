@@ -36,6 +36,7 @@ class Encoded:
     empty: np.ndarray
     n_genes_matched: int
     kind: str = "counts"  # what the input was detected as (see schash._data.detect_kind)
+    projected: np.ndarray | None = None  # cells × (PCA + residual) in the novelty scorer's space
 
 
 class Source:
@@ -109,7 +110,7 @@ def _bounds(n, chunk_size):
 
 
 def encode_pass(model, data, *, genes=None, layer=None, batch_key=None, groups=None, chunk_size=8192,
-                min_gene_overlap=0.3, progress=None) -> Encoded:
+                min_gene_overlap=0.3, progress=None, keep_projected=None) -> Encoded:
     from tqdm.auto import tqdm
 
     chunk_size = _args.whole("chunk_size", chunk_size)
@@ -154,5 +155,9 @@ def encode_pass(model, data, *, genes=None, layer=None, batch_key=None, groups=N
                                  present, pre.clip, structure=block.structure)
         coords.append(model.novelty.project(ref_block))
         margin.append(margins(logits, model.anchors))
-    typ = model.novelty.typicality(np.concatenate(coords), np.concatenate(margin))
-    return Encoded(src.cells, np.concatenate(codes), typ, nnz == 0, n_matched, kind)
+    projected = np.concatenate(coords)
+    typ = model.novelty.typicality(projected, np.concatenate(margin))
+    if keep_projected is None:  # kept for placing cells on a reference map (schash._refmap) only
+        keep_projected = getattr(model, "ref_map", None) is not None
+    return Encoded(src.cells, np.concatenate(codes), typ, nnz == 0, n_matched, kind,
+                   projected if keep_projected else None)

@@ -198,6 +198,17 @@ def check_tensors(meta, t: dict, path) -> None:
                 c.fail(f"tensor {name!r} must be a non-empty sorted list")
     known = set(shapes) | {"anchors", "ref_mean", "ref_std", "ref_codes", "ref_labels", "ref_batches",
                            "novelty.margin_calibration", *_NOVELTY} | {f"ref_meta.{k}" for k in meta_cats}
+    ref_map = meta.get("ref_map")
+    if ref_map is not None:  # the reference's 2-D embedding (schash._refmap)
+        ref_map = c.dict_("ref_map", ref_map)
+        if not isinstance(ref_map.get("basis"), str):
+            c.fail("ref_map.basis must be the embedding's name")
+        c.is_int("ref_map.k", ref_map.get("k", 10), 1)
+        map_bank = c.tensor(t, "ref_map.bank", (None, None), np.float32)
+        if not 1 <= map_bank.shape[1] <= comps.shape[0] or map_bank.shape[0] < 1:
+            c.fail("tensor 'ref_map.bank' must hold the PCA coordinates of at least one reference cell")
+        c.tensor(t, "ref_map.coords", (map_bank.shape[0], 2), np.float32)
+        known |= {"ref_map.bank", "ref_map.coords"}
     unknown = sorted(k for k in set(t) - known if not k.startswith("novelty."))  # the scorer picks its own
     for name in sorted(k for k in set(t) - known if k.startswith("novelty.")):
         if t[name].dtype.kind == "f" and not np.isfinite(t[name]).all():

@@ -5,6 +5,8 @@
 ``composition``
     stacked bars of the cell-type or batch composition of each cell's nearest reference cells,
     averaged per predicted type (or any obs grouping);
+``scores``
+    heatmap of the per-type scores of every cell, grouped by label (like SingleR's plotScoreHeatmap);
 ``confusion``
     predicted against known labels, as row fractions.
 """
@@ -80,5 +82,32 @@ def confusion(adata, truth: str, *, predicted: str = "schash_label", ax=None, fi
     ax.set_xlabel(predicted)
     ax.set_ylabel(truth)
     ax.figure.colorbar(im, ax=ax, label="fraction of row", shrink=0.8)
+    ax.figure.tight_layout()
+    return ax
+
+
+def scores(adata, *, groupby: str = "schash_label", key_added: str = "schash", normalize: bool = True,
+           ax=None, figsize=None, cmap: str = "viridis"):
+    """Heatmap of the per-type scores (types × cells, cells grouped by ``groupby``), like SingleR's
+    ``plotScoreHeatmap``; with ``normalize``, each cell's scores are rescaled to [0, 1]."""
+    key = f"{key_added}_scores"
+    if key not in adata.obsm:
+        raise KeyError(f"obsm[{key!r}] is missing: run schash.annotate(adata, model) first")
+    sc = pd.DataFrame(np.asarray(adata.obsm[key], dtype=float), index=adata.obs_names,
+                      columns=getattr(adata.obsm[key], "columns", None))
+    if normalize:
+        lo, hi = sc.min(axis=1), sc.max(axis=1)
+        sc = sc.sub(lo, axis=0).div((hi - lo).replace(0, 1), axis=0)
+    groups = adata.obs[groupby].astype(str).to_numpy()
+    order = np.lexsort((-np.nan_to_num(sc.max(axis=1).to_numpy()), groups))
+    ax = _axes(ax, figsize or (8, 0.3 * sc.shape[1] + 2))
+    im = ax.imshow(sc.to_numpy()[order].T, aspect="auto", cmap=cmap, interpolation="nearest")
+    ax.set_yticks(range(sc.shape[1]), sc.columns, fontsize=8)
+    bounds = np.flatnonzero(np.r_[True, groups[order][1:] != groups[order][:-1], True])
+    for b in bounds[1:-1]:
+        ax.axvline(b - 0.5, color="white", lw=0.8)
+    ax.set_xticks((bounds[:-1] + bounds[1:] - 1) / 2, groups[order][bounds[:-1]], rotation=90, fontsize=8)
+    ax.set_xlabel(f"cells, by {groupby}")
+    ax.figure.colorbar(im, ax=ax, label="score" + (" (per cell, 0-1)" if normalize else ""), shrink=0.8)
     ax.figure.tight_layout()
     return ax

@@ -31,7 +31,8 @@ seurat_v5_api <- function() {
 seurat_fun <- function(name) getExportedValue("SeuratObject", name)
 
 # Expression of a Seurat object: v5 Assay5 layers via LayerData(layer=), v4 Assay via
-# GetAssayData(slot=).  Default: counts when present, else data.
+# GetAssayData(slot=).  Default: counts when present (or split into counts.*), else data.
+# A layer holding only some cells (one of a split() assay) is refused.
 seurat_expr <- function(object, assay = NULL, layer = NULL) {
   assay <- assay %||% SeuratObject::DefaultAssay(object)
   if (!assay %in% SeuratObject::Assays(object)) {
@@ -44,12 +45,17 @@ seurat_expr <- function(object, assay = NULL, layer = NULL) {
       stop("this object has a Seurat v5 assay; install SeuratObject >= 5", call. = FALSE)
     }
     layers <- seurat_fun("Layers")(a)
-    layer <- layer %||% (if ("counts" %in% layers) "counts" else "data")
+    split_of <- function(l) grep(paste0("^", l, "\\."), layers, value = TRUE)
+    if (is.null(layer)) {
+      # counts when present (also when split by split()), else data
+      layer <- if ("counts" %in% layers || length(split_of("counts"))) "counts" else "data"
+    }
     if (!layer %in% layers) {
-      split <- grep(paste0("^", layer, "\\."), layers, value = TRUE)
+      split <- split_of(layer)
       if (length(split)) {
         stop("layer '", layer, "' of assay '", assay, "' is split into ", length(split),
-             " layers (", paste(utils::head(split, 3), collapse = ", "), ", ...); ",
+             " layers (", paste(utils::head(split, 3), collapse = ", "),
+             if (length(split) > 3) ", ...", "); ",
              "join them first: object[['", assay, "']] <- JoinLayers(object[['", assay, "']])",
              call. = FALSE)
       }
@@ -57,6 +63,14 @@ seurat_expr <- function(object, assay = NULL, layer = NULL) {
            paste(layers, collapse = ", "), call. = FALSE)
     }
     m <- seurat_fun("LayerData")(object, assay = assay, layer = layer)
+    if (ncol(m) != ncol(object)) {
+      # one layer of a split() assay: the other cells would silently stay unannotated
+      stop("layer '", layer, "' holds ", ncol(m), " of the object's ", ncol(object),
+           " cells; schash uses all cells of the object: join the layers ",
+           "(object[['", assay, "']] <- JoinLayers(object[['", assay, "']])) or keep only ",
+           "those cells (subset(object, cells = colnames(LayerData(object, layer = '", layer,
+           "'))))", call. = FALSE)
+    }
   } else {
     slots <- c("counts", "data", "scale.data")
     get <- if (seurat_v5_api()) {
@@ -80,7 +94,14 @@ seurat_expr <- function(object, assay = NULL, layer = NULL) {
       stop("the '", layer, "' slot of assay '", assay, "' is empty", call. = FALSE)
     }
   }
-  as_dgc(m)
+  m <- as_dgc(m)
+  # JoinLayers() after split() orders cells by layer: put them back in the object's order,
+  # which the metadata (cell types, batches) follows
+  if (!is.null(colnames(m)) && !identical(colnames(m), colnames(object)) &&
+      setequal(colnames(m), colnames(object))) {
+    m <- m[, colnames(object), drop = FALSE]
+  }
+  m
 }
 
 # Expression of a SingleCellExperiment: counts preferred, logcounts accepted.

@@ -8,11 +8,25 @@
 #' anchor), `schash_delta_next`, `schash_typicality`, `schash_confidence` and, with
 #' `saliency = TRUE`, `schash_top_genes` (the cell's most salient genes).
 #' For a `Seurat` object these go to the cell metadata, the hash codes (as a
-#' cells x n_bits matrix of -1/+1) to the DimReduc `"schash"` (key `schash_`) and
-#' the per-type gene saliency (genes x types) to `Misc(object, "schash")$saliency`.
-#' For a `SingleCellExperiment`: `colData`, `reducedDim(object, "schash")` and
+#' cells x n_bits matrix of -1/+1) to the DimReduc `"schash"` (key `schash_`),
+#' the per-type scores to the assay `"schash_scores"` (types x cells, in `data`;
+#' `_` in type names becomes `-`, as Seurat requires) and the per-type gene saliency
+#' (genes x types) to `Misc(object, "schash")$saliency`.
+#' For a `SingleCellExperiment`: `colData` (the scores as the matrix column
+#' `schash_scores`), `reducedDim(object, "schash")` and
 #' `metadata(object)$schash$saliency`.  A matrix gives a data.frame with the same
-#' columns, with attributes `"codes"` and `"saliency"`.
+#' columns, with attributes `"codes"`, `"scores"` and `"saliency"`.
+#'
+#' When the model keeps a reference map (`schash_train(..., reduction = "umap")`), each
+#' cell is also placed on it, at the mean position of its nearest reference cells (like
+#' scanpy's ingest; neighbours in the PCA of the reference's standardised expression),
+#' as the DimReduc (Seurat) / reducedDim (SingleCellExperiment) `"ref.umap"` or the
+#' attribute `"ref_map"` (matrix).
+#'
+#' The per-type score of a cell is `1 - d / n_bits`, with `d` the Hamming distance
+#' between its code and the type's anchor: 1 on the anchor, about 0.5 for unrelated
+#' codes; the label is the best-scoring type.  See [schash_scores()] and
+#' [schash_plot_scores()].
 #'
 #' With `neighbors = k`, each cell's `k` nearest reference cells by Hamming
 #' distance are looked up (in the same encoding pass) and their composition is
@@ -24,9 +38,15 @@
 #' majority batch among the neighbours) is added too.  See [schash_composition()]
 #' and [schash_plot_composition()].
 #'
+#' With `batch`, the query's batches (for example samples or donors) are scaled
+#' each on its own before encoding, as Python's `annotate(batch_key=)` does; use it
+#' when the query mixes batches, as the reference's batches were in [schash_train()].
+#'
 #' @param object A `Seurat` object, a `SingleCellExperiment`, or a genes x cells
 #'   matrix / `dgCMatrix` with gene names as row names.
 #' @param model A `schash_model`.
+#' @param batch `NULL`, or the query's batches: the name of a cell-metadata column
+#'   (Seurat, SingleCellExperiment) or a vector with one value per cell.
 #' @param ... `assay`, `layer` as in [schash_train()]; `k` (neighbours for `"knn"`).
 #' @param method `"anchor"` or `"knn"`.
 #' @param saliency Compute per-type and per-cell gene saliency.
@@ -34,19 +54,26 @@
 #'   composition is stored for each cell.
 #' @return The annotated object (a data.frame for a matrix).
 #' @export
-schash_annotate <- function(object, model, ..., method = "anchor", saliency = TRUE,
+schash_annotate <- function(object, model, ..., batch = NULL, method = "anchor", saliency = TRUE,
                             neighbors = NULL) {
   UseMethod("schash_annotate")
 }
 
 #' @rdname schash_annotate
 #' @export
-schash_annotate.default <- function(object, model, ..., method = "anchor", saliency = TRUE,
-                                    neighbors = NULL) {
-  res <- annotate_matrix(as_dgc(object), model, method = method, saliency = saliency,
+schash_annotate.default <- function(object, model, ..., batch = NULL, method = "anchor",
+                                    saliency = TRUE, neighbors = NULL) {
+  m <- as_dgc(object)
+  if (is.character(batch) && length(batch) == 1 && ncol(m) != 1) {
+    stop("for a matrix, batch must be a vector with one value per cell (", ncol(m), "), ",
+         "not a column name", call. = FALSE)
+  }
+  res <- annotate_matrix(m, model, batch = batch, method = method, saliency = saliency,
                          neighbors = neighbors, ...)
   out <- res$table
   attr(out, "codes") <- res$codes
+  attr(out, "scores") <- res$scores
+  attr(out, "ref_map") <- res$ref_map
   attr(out, "saliency") <- res$saliency
   attr(out, "composition") <- res$composition
   out
@@ -55,39 +82,63 @@ schash_annotate.default <- function(object, model, ..., method = "anchor", salie
 #' @rdname schash_annotate
 #' @param assay,layer Which expression to use, as in [schash_train()].
 #' @export
-schash_annotate.Seurat <- function(object, model, ..., assay = NULL, layer = NULL,
+schash_annotate.Seurat <- function(object, model, ..., batch = NULL, assay = NULL, layer = NULL,
                                    method = "anchor", saliency = TRUE, neighbors = NULL) {
   need("SeuratObject", "for Seurat objects")
   assay <- assay %||% SeuratObject::DefaultAssay(object)
-  res <- annotate_matrix(seurat_expr(object, assay, layer), model, method = method,
+  batch <- meta_values(object, batch, "batch", ncol(object))
+  res <- annotate_matrix(seurat_expr(object, assay, layer), model, batch = batch, method = method,
                          saliency = saliency, neighbors = neighbors, ...)
   object <- SeuratObject::AddMetaData(object, res$table)
   object[["schash"]] <- SeuratObject::CreateDimReducObject(
     embeddings = res$codes, key = "schash_", assay = assay, misc = list(method = method)
   )
   SeuratObject::Misc(object, slot = "schash") <- res$misc
+  if (!is.null(res$ref_map)) {
+    object[[res$ref_map_name]] <- SeuratObject::CreateDimReducObject(
+      embeddings = res$ref_map, key = colnames_key(res$ref_map), assay = assay,
+      misc = list(schash = "query cells placed on the reference map")
+    )
+  }
+  # (SeuratObject 5 warns that this data-only assay has no counts layer: none is meant)
+  suppressWarnings(object[["schash_scores"]] <- scores_assay(res$scores))
   object
+}
+
+colnames_key <- function(m) sub("[0-9]+$", "", colnames(m)[1])
+
+# The per-type scores as a (v4-style) assay: types x cells in the data slot.  Seurat does
+# not allow "_" in feature names; schash_scores() restores the type names.
+scores_assay <- function(scores) {
+  m <- t(scores)
+  rownames(m) <- gsub("_", "-", rownames(m), fixed = TRUE)
+  a <- suppressWarnings(SeuratObject::CreateAssayObject(data = m))
+  SeuratObject::Key(a) <- "schashscores_"
+  a
 }
 
 #' @rdname schash_annotate
 #' @export
-schash_annotate.SingleCellExperiment <- function(object, model, ..., assay = NULL,
+schash_annotate.SingleCellExperiment <- function(object, model, ..., batch = NULL, assay = NULL,
                                                  method = "anchor", saliency = TRUE,
                                                  neighbors = NULL) {
   need("SingleCellExperiment", "for SingleCellExperiment objects")
-  res <- annotate_matrix(sce_expr(object, assay), model, method = method, saliency = saliency,
-                         neighbors = neighbors, ...)
+  batch <- meta_values(object, batch, "batch", ncol(object))
+  res <- annotate_matrix(sce_expr(object, assay), model, batch = batch, method = method,
+                         saliency = saliency, neighbors = neighbors, ...)
   cd <- SummarizedExperiment::colData(object)
   for (col in names(res$table)) cd[[col]] <- res$table[[col]]
+  cd$schash_scores <- res$scores
   SummarizedExperiment::colData(object) <- cd
   SingleCellExperiment::reducedDim(object, "schash") <- res$codes
+  if (!is.null(res$ref_map)) SingleCellExperiment::reducedDim(object, res$ref_map_name) <- res$ref_map
   md <- S4Vectors::metadata(object)
   md$schash <- res$misc
   S4Vectors::metadata(object) <- md
   object
 }
 
-annotate_matrix <- function(m, model, method = "anchor", saliency = TRUE, k = 15,
+annotate_matrix <- function(m, model, batch = NULL, method = "anchor", saliency = TRUE, k = 15,
                             neighbors = NULL, ...) {
   extra <- list(...)
   if (length(extra)) {
@@ -95,11 +146,12 @@ annotate_matrix <- function(m, model, method = "anchor", saliency = TRUE, k = 15
   }
   method <- match.arg(method, c("anchor", "knn"))
   neighbors <- check_neighbors(neighbors)
+  batch <- label_list(batch, ncol(m), "batch")
   py <- model_py(model)
   x <- to_py_cells(m)
   res <- py_call(schash_bridge()$annotate_matrix(py, x$X, x$genes, x$cells, method = method,
                                                  k = as.integer(k), saliency = isTRUE(saliency),
-                                                 neighbors = neighbors))
+                                                 neighbors = neighbors, batches = batch))
   table <- py_table(res$table, x$cells, res$levels)
   if ("schash_neighbor_batch" %in% names(table)) {
     table$schash_neighbor_batch <- factor(as.character(table$schash_neighbor_batch),
@@ -117,13 +169,25 @@ annotate_matrix <- function(m, model, method = "anchor", saliency = TRUE, k = 15
   storage.mode(codes) <- "double"
   dimnames(codes) <- list(rownames(table), paste0("schash_", seq_len(ncol(codes))))
   sal <- py_matrix(res$saliency)
-  misc <- list(saliency = sal, method = method, n_genes_matched = res$n_genes_matched,
+  scores <- py_matrix(res$scores)
+  rownames(scores) <- rownames(table)
+  misc <- list(saliency = sal, score_types = colnames(scores), method = method, batch = !is.null(batch), n_genes_matched = res$n_genes_matched,
                n_genes_model = model$info$n_genes)
   if (!is.null(comp)) {
     misc$composition <- comp
     misc$neighbors <- neighbors
   }
-  list(table = table, codes = codes, saliency = sal, composition = comp, misc = misc)
+  ref_map <- NULL
+  ref_map_name <- NULL
+  if (!is.null(res$ref_map)) {
+    ref_map_name <- paste0("ref.", res$ref_map$name)
+    key <- paste0("ref", gsub("[^A-Za-z0-9]", "", res$ref_map$name), "_")
+    ref_map <- as.matrix(res$ref_map$values)
+    storage.mode(ref_map) <- "double"
+    dimnames(ref_map) <- list(rownames(table), paste0(key, 1:2))
+  }
+  list(table = table, codes = codes, saliency = sal, composition = comp, scores = scores, misc = misc,
+       ref_map = ref_map, ref_map_name = ref_map_name)
 }
 
 check_neighbors <- function(neighbors) {

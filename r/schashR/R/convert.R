@@ -19,6 +19,11 @@ label_list <- function(x, n, what) {
     stop(sum(is.na(x)), " cells have a missing ", what, " (NA); remove those cells or give them a ",
          what, call. = FALSE)
   }
+  empty <- !nzchar(trimws(as.character(x)))
+  if (any(empty)) {
+    stop(sum(empty), " cells have an empty ", what, " (\"\"); remove those cells or give them a ",
+         what, call. = FALSE)
+  }
   as.list(as.character(x))
 }
 

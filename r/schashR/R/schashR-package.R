@@ -6,4 +6,5 @@
 #' @keywords internal
 "_PACKAGE"
 
-utils::globalVariables(c("cell_type", "gene", "size", "score", "group", "fraction", "category", "n"))
+utils::globalVariables(c("cell_type", "gene", "size", "score", "group", "fraction", "category", "n",
+                         "cell", "predicted", "truth"))

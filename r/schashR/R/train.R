@@ -13,8 +13,16 @@
 #' @param assay Seurat assay (default: the default assay) or SCE assay (default:
 #'   `counts`, else `logcounts`).
 #' @param layer Seurat layer / slot (`counts` or `data`; default: `counts` when present).
+#'   Seurat v5 assays split by `split()` (layers `counts.A`, `counts.B`, ...) must be
+#'   joined first (`object[["RNA"]] <- JoinLayers(object[["RNA"]])`): a layer holding only
+#'   some of the cells is refused rather than leaving the other cells unannotated.
 #' @param n_bits Length of the hash codes (a multiple of 8).
 #' @param seed Random seed; the same seed on the same machine gives the same model.
+#' @param reduction Optional reference map: the name of a 2-D dimensional reduction of the
+#'   reference (Seurat `Reductions()`, e.g. `"umap"`; SingleCellExperiment `reducedDimNames()`),
+#'   or for a matrix a cells x 2 matrix.  The model keeps it, and [schash_annotate()] then
+#'   places every query cell on it at the mean position of its nearest reference cells (like
+#'   scanpy's ingest), stored as the DimReduc / reducedDim `"ref.<name>"`.
 #' @param ... Further arguments of Python's `schash.train()`, e.g. `n_top_genes`,
 #'   `max_epochs`, `min_cells_per_type`, `transform`, `scale`, `device`.
 #' @return A `schash_model`.
@@ -24,45 +32,79 @@
 #' }
 #' @export
 schash_train <- function(object, cell_type, batch = NULL, assay = NULL, layer = NULL,
-                         n_bits = 64, seed = 0, ...) {
+                         n_bits = 64, seed = 0, reduction = NULL, ...) {
   UseMethod("schash_train")
 }
 
 #' @rdname schash_train
 #' @export
 schash_train.default <- function(object, cell_type, batch = NULL, assay = NULL, layer = NULL,
-                                 n_bits = 64, seed = 0, ...) {
+                                 n_bits = 64, seed = 0, reduction = NULL, ...) {
   if (!is.null(assay) || !is.null(layer)) {
     stop("assay= and layer= are for Seurat and SingleCellExperiment objects", call. = FALSE)
   }
   m <- as_dgc(object)
-  train_matrix(m, cell_type, batch, n_bits, seed, ...)
+  if (is.character(reduction)) {
+    stop("for a matrix, reduction must be a cells x 2 matrix of map positions, not a name", call. = FALSE)
+  }
+  train_matrix(m, cell_type, batch, n_bits, seed, ..., ref_map = map_coords(reduction, ncol(m), "map"))
 }
 
 #' @rdname schash_train
 #' @export
 schash_train.Seurat <- function(object, cell_type, batch = NULL, assay = NULL, layer = NULL,
-                                n_bits = 64, seed = 0, ...) {
+                                n_bits = 64, seed = 0, reduction = NULL, ...) {
   need("SeuratObject", "for Seurat objects")
   n <- ncol(object)
   labels <- meta_values(object, cell_type, "cell type", n)
   batches <- meta_values(object, batch, "batch", n)
-  train_matrix(seurat_expr(object, assay, layer), labels, batches, n_bits, seed, ...)
+  coords <- NULL
+  if (!is.null(reduction)) {
+    have <- SeuratObject::Reductions(object)
+    if (!is.character(reduction) || length(reduction) != 1 || !reduction %in% have) {
+      stop("reduction '", paste(reduction, collapse = ", "), "' is not in this Seurat object; its ",
+           "reductions are: ", paste(have, collapse = ", "), call. = FALSE)
+    }
+    coords <- SeuratObject::Embeddings(object, reduction)[colnames(object), , drop = FALSE]
+  }
+  train_matrix(seurat_expr(object, assay, layer), labels, batches, n_bits, seed, ...,
+               ref_map = map_coords(coords, n, reduction))
 }
 
 #' @rdname schash_train
 #' @export
 schash_train.SingleCellExperiment <- function(object, cell_type, batch = NULL, assay = NULL,
-                                              layer = NULL, n_bits = 64, seed = 0, ...) {
+                                              layer = NULL, n_bits = 64, seed = 0, reduction = NULL, ...) {
   need("SummarizedExperiment", "for SingleCellExperiment objects")
   if (!is.null(layer)) stop("layer= is for Seurat objects; use assay=", call. = FALSE)
   n <- ncol(object)
   labels <- meta_values(object, cell_type, "cell type", n)
   batches <- meta_values(object, batch, "batch", n)
-  train_matrix(sce_expr(object, assay), labels, batches, n_bits, seed, ...)
+  coords <- NULL
+  if (!is.null(reduction)) {
+    have <- SingleCellExperiment::reducedDimNames(object)
+    if (!is.character(reduction) || length(reduction) != 1 || !reduction %in% have) {
+      stop("reduction '", paste(reduction, collapse = ", "), "' is not in this SingleCellExperiment; ",
+           "its reducedDims are: ", paste(have, collapse = ", "), call. = FALSE)
+    }
+    coords <- SingleCellExperiment::reducedDim(object, reduction)
+  }
+  train_matrix(sce_expr(object, assay), labels, batches, n_bits, seed, ...,
+               ref_map = map_coords(coords, n, reduction))
 }
 
-train_matrix <- function(m, labels, batches, n_bits, seed, ...) {
+# Reference-map positions (cells x 2, numeric) with their name, checked; NULL for none.
+map_coords <- function(coords, n, name) {
+  if (is.null(coords)) return(NULL)
+  coords <- as.matrix(coords)
+  if (!is.numeric(coords) || nrow(coords) != n || ncol(coords) < 2) {
+    stop("the reference map must be a numeric cells x 2 matrix (", n, " rows); got ",
+         paste(dim(coords), collapse = " x "), call. = FALSE)
+  }
+  structure(unname(coords[, 1:2, drop = FALSE]), name = name %||% "map")
+}
+
+train_matrix <- function(m, labels, batches, n_bits, seed, ..., ref_map = NULL) {
   if (missing(labels) || is.null(labels)) stop("cell_type is required", call. = FALSE)
   labels <- label_list(labels, ncol(m), "cell type")
   batches <- label_list(batches, ncol(m), "batch")
@@ -70,6 +112,10 @@ train_matrix <- function(m, labels, batches, n_bits, seed, ...) {
   x <- to_py_cells(m)
   args <- c(list(x$X, x$genes, x$cells, labels, batches = batches,
                  n_bits = as.integer(n_bits), seed = as.integer(seed)), list(...))
+  if (!is.null(ref_map)) {
+    args$ref_map <- matrix(as.double(ref_map), nrow(ref_map))
+    args$ref_map_name <- attr(ref_map, "name")
+  }
   py <- py_call(do.call(schash_bridge()$train_matrix, args))
   new_schash_model(py)
 }
@@ -100,6 +146,7 @@ print.schash_model <- function(x, ...) {
   cat("  cell types: ", paste(shown, collapse = ", "),
       if (length(types) > length(shown)) ", ..." else "", "\n", sep = "")
   cat("  transform=", i$transform, ", scale=", i$scale, ", distance threshold=", i$threshold, "\n", sep = "")
+  if (!is.null(i$ref_map)) cat("  reference map: ", i$ref_map, "\n", sep = "")
   invisible(x)
 }
 

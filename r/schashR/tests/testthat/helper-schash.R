@@ -12,10 +12,40 @@ pbmc <- function() {
   suppressMessages(suppressWarnings(SeuratObject::UpdateSeuratObject(e$pbmc_small)))
 }
 
+# A layer of a Seurat object with SeuratObject 4 (slot=) or 5 (layer=; slot= is defunct there).
+assay_data <- function(p, layer = "counts", assay = "RNA") {
+  if (utils::packageVersion("SeuratObject") >= "5.0.0") {
+    SeuratObject::GetAssayData(p, layer = layer, assay = assay)
+  } else {
+    SeuratObject::GetAssayData(p, slot = layer, assay = assay)
+  }
+}
+
+skip_if_no_seurat_v5 <- function() {
+  skip_if_no_seurat()
+  skip_if(utils::packageVersion("SeuratObject") < "5.0.0",
+          "SeuratObject < 5: no Assay5 (scripts/test.sh runs these against SeuratObject 5)")
+}
+
+# pbmc_small rebuilt with a Seurat v5 assay (Assay5): counts and data layers, or data only.
+pbmc_v5 <- function(data_only = FALSE) {
+  skip_if_no_seurat_v5()
+  p <- pbmc()
+  counts <- methods::as(assay_data(p, "counts"), "dgCMatrix")
+  data <- methods::as(assay_data(p, "data"), "dgCMatrix")
+  a <- if (data_only) {
+    SeuratObject::CreateAssay5Object(data = data)
+  } else {
+    SeuratObject::CreateAssay5Object(counts = counts, data = data)
+  }
+  # a data-only assay makes CreateSeuratObject() warn that it finds no counts layer
+  suppressWarnings(SeuratObject::CreateSeuratObject(a, meta.data = p[[]]))
+}
+
 pbmc_sce <- function() {
   skip_if_not_installed("SingleCellExperiment")
   p <- pbmc()
-  counts <- SeuratObject::GetAssayData(p, slot = "counts", assay = "RNA")
+  counts <- assay_data(p, "counts")
   SingleCellExperiment::SingleCellExperiment(
     assays = list(counts = counts),
     colData = S4Vectors::DataFrame(p[[]])

@@ -12,17 +12,38 @@ test_that("Seurat v4 accessors: counts by default, data on request, bad names fa
   expect_error(schashR:::seurat_expr(p, layer = "nope"), "not one of")
 })
 
-test_that("Seurat v5 layers: LayerData, and split layers point to JoinLayers()", {
-  skip_if_no_seurat()
-  skip_if(utils::packageVersion("SeuratObject") < "5.0.0", "SeuratObject < 5: no Assay5")
-  p <- pbmc()
-  counts <- SeuratObject::GetAssayData(p, layer = "counts")
-  obj <- SeuratObject::CreateSeuratObject(counts = methods::as(counts, "dgCMatrix"), meta.data = p[[]])
+test_that("Seurat v5 Assay5: counts by default, data on request, data-only assays", {
+  obj <- pbmc_v5()
   expect_true(inherits(obj[["RNA"]], "Assay5"))
   m <- schashR:::seurat_expr(obj)
-  expect_equal(dim(m), dim(counts))
-  obj[["RNA"]] <- split(obj[["RNA"]], f = obj$groups)
-  expect_error(schashR:::seurat_expr(obj), "JoinLayers")
+  expect_s4_class(m, "dgCMatrix")
+  expect_equal(m, schashR:::seurat_expr(pbmc()))
+  expect_true(all(m@x == round(m@x)))
+  d <- schashR:::seurat_expr(obj, layer = "data")
+  expect_equal(d, schashR:::seurat_expr(pbmc(), layer = "data"))
+  expect_error(schashR:::seurat_expr(obj, layer = "nope"),
+               "layer 'nope' is not in assay 'RNA'; its layers are: counts, data")
+  data_only <- pbmc_v5(data_only = TRUE)
+  expect_equal(SeuratObject::Layers(data_only[["RNA"]]), "data")
+  expect_equal(schashR:::seurat_expr(data_only), d)  # no counts: data
+})
+
+test_that("Seurat v5 split layers: the JoinLayers() hint, partial layers refused, joined order kept", {
+  obj <- pbmc_v5()
+  split_obj <- obj
+  split_obj[["RNA"]] <- split(split_obj[["RNA"]], f = split_obj$groups)
+  # the default layer (counts, now counts.g1 and counts.g2) points to JoinLayers()
+  expect_error(schashR:::seurat_expr(split_obj),
+               "layer 'counts' of assay 'RNA' is split into 2 layers.*JoinLayers\\(object")
+  expect_error(schashR:::seurat_expr(split_obj, layer = "data"), "split into 2 layers.*JoinLayers")
+  # one layer of the split holds only some cells: a clear error, not NA for the others
+  n1 <- sum(obj$groups == "g1")
+  expect_error(schashR:::seurat_expr(split_obj, layer = "counts.g1"),
+               paste0("layer 'counts.g1' holds ", n1, " of the object's 80 cells.*subset\\(object"))
+  # after JoinLayers() the cells come back in the object's order (the metadata's order)
+  joined <- split_obj
+  joined[["RNA"]] <- SeuratObject::JoinLayers(joined[["RNA"]])
+  expect_equal(schashR:::seurat_expr(joined), schashR:::seurat_expr(obj))
 })
 
 test_that("SingleCellExperiment accessors prefer counts and accept logcounts", {

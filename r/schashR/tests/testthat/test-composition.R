@@ -10,7 +10,7 @@ test_that("Seurat: neighbour composition by cell type", {
   expect_equal(rownames(ct), colnames(p))
   expect_equal(colnames(ct), schash_cell_types(pbmc_model()))
   expect_equal(unname(rowSums(ct)), rep(1, 80))
-  expect_equal(as.matrix(ct) * 10, round(as.matrix(ct) * 10))  # whole neighbours out of 10
+  expect_true(all(as.matrix(ct) >= 0 & as.matrix(ct) <= 1))  # tied neighbours share equally
   expect_identical(schash_composition(a), ct)
   expect_false("schash_neighbor_batch" %in% colnames(a[[]]))
   expect_error(schash_composition(a, "batch"), "no 'batch' composition.*no batches")
@@ -54,7 +54,7 @@ test_that("SingleCellExperiment with batches: batch composition and neighbour ba
 test_that("matrix input: composition attribute", {
   skip_if_no_schash()
   p <- pbmc()
-  counts <- SeuratObject::GetAssayData(p, slot = "counts")
+  counts <- assay_data(p, "counts")
   res <- schash_annotate(counts, pbmc_model(), neighbors = 5, saliency = FALSE)
   ct <- attr(res, "composition")$cell_type
   expect_equal(dim(ct), c(80L, 3L))

@@ -59,7 +59,7 @@ test_that("SingleCellExperiment: train and annotate", {
 test_that("matrix default: labels as a vector, data.frame out, same answer as Seurat", {
   skip_if_no_schash()
   p <- pbmc()
-  counts <- SeuratObject::GetAssayData(p, slot = "counts")
+  counts <- assay_data(p, "counts")
   model <- do.call(schash_train, c(list(counts, cell_type = p$RNA_snn_res.1), fast_args))
   res <- schash_annotate(counts, model)
   expect_s3_class(res, "data.frame")
@@ -83,7 +83,7 @@ test_that("bad input gives clear R errors", {
   p$with_na <- p$groups
   p$with_na[1:3] <- NA
   expect_error(schash_train(p, cell_type = "with_na"), "3 cells have a missing cell type")
-  counts <- SeuratObject::GetAssayData(p, slot = "counts")
+  counts <- assay_data(p, "counts")
   expect_error(schash_train(counts, cell_type = p$groups[1:10]), "10 cell type values for 80 cells")
   bad <- counts
   rownames(bad) <- paste0("X_", rownames(bad))
@@ -91,7 +91,9 @@ test_that("bad input gives clear R errors", {
   expect_match(conditionMessage(err), "of the model's 230 genes")
   expect_false(grepl("Traceback|GeneOverlapError", conditionMessage(err)))
   tiny <- do.call(cbind, rep(list(counts[, 1:3]), 1))
-  expect_error(schash_train(tiny, cell_type = c("a", "b", "c")), "at least two", class = "schash_error")
+  expect_warning(
+    expect_error(schash_train(tiny, cell_type = c("a", "b", "c"), min_cells_per_type = 2), "at least two", class = "schash_error"),
+    "fewer than 10 cells are left out", class = "schash_warning")
   expect_error(schash_annotate(p, "not a model"), "must be a schash_model")
 })
 
@@ -118,4 +120,55 @@ test_that("save and load round-trip, and the file loads in Python", {
   expect_error(schash_load(tempfile()), "no such file")
   junk <- tempfile(); writeLines("not a model", junk)
   expect_error(schash_load(junk), class = "schash_error")
+})
+
+test_that("Seurat v5: train and annotate Assay5 objects like v4 ones; split layers refused", {
+  skip_if_no_schash()
+  obj <- pbmc_v5()
+  v4 <- schash_annotate(pbmc(), pbmc_model(), saliency = FALSE)
+  a <- schash_annotate(obj, pbmc_model(), saliency = FALSE)
+  expect_equal(as.character(a$schash_label), as.character(v4$schash_label))
+  expect_equal(SeuratObject::Embeddings(a, "schash"), SeuratObject::Embeddings(v4, "schash"))
+  # data-only Assay5: the log-normalised layer is used
+  d <- schash_annotate(pbmc_v5(data_only = TRUE), pbmc_model(), saliency = FALSE)
+  expect_gt(mean(as.character(d$schash_label) == as.character(d$RNA_snn_res.1)), 0.7)
+  model <- do.call(schash_train, c(list(obj, cell_type = "RNA_snn_res.1"), fast_args))
+  expect_equal(schash_cell_types(model), c("0", "1", "2"))
+  obj[["RNA"]] <- split(obj[["RNA"]], f = obj$groups)
+  expect_error(schash_annotate(obj, pbmc_model()), "JoinLayers")
+  expect_error(schash_train(obj, cell_type = "RNA_snn_res.1"), "JoinLayers")
+  expect_error(schash_annotate(obj, pbmc_model(), layer = "counts.g2"), "holds .* of the object's 80 cells")
+})
+
+test_that("query batches: a metadata column or a vector, the same as Python's batch_key=", {
+  skip_if_no_schash()
+  p <- pbmc()
+  model <- pbmc_model()
+  a <- schash_annotate(p, model, batch = "groups", saliency = FALSE)
+  expect_true(SeuratObject::Misc(a, slot = "schash")$batch)
+  # Python: annotate(batch_key=) on the same cells
+  counts <- assay_data(p, "counts")
+  x <- schashR:::to_py_cells(counts)
+  adata <- schashR:::schash_bridge()$`_anndata`(x$X, x$genes, x$cells)
+  adata$obs[["grp"]] <- as.character(p$groups)
+  pred <- model$py$predict(adata, batch_key = "grp")
+  expect_equal(as.character(a$schash_label), as.character(pred$label))
+  expect_equal(unname(a$schash_confidence), pred$confidence)
+  # a vector, for Seurat, SingleCellExperiment and matrices alike
+  b <- schash_annotate(p, model, batch = p$groups, saliency = FALSE)
+  expect_equal(b$schash_label, a$schash_label)
+  m <- schash_annotate(counts, model, batch = as.character(p$groups))
+  expect_equal(m$schash_label, unname(a$schash_label))
+  sce <- schash_annotate(pbmc_sce(), model, batch = "groups", saliency = FALSE)
+  expect_equal(sce$schash_label, unname(a$schash_label))
+  # errors in R terms
+  expect_error(schash_annotate(p, model, batch = "nope"), "batch column 'nope' is not in the cell metadata")
+  expect_error(schash_annotate(counts, model, batch = "groups"), "for a matrix, batch must be a vector")
+  expect_error(schash_annotate(counts, model, batch = p$groups[1:5]), "5 batch values for 80 cells")
+  bad <- as.character(p$groups); bad[1:2] <- NA
+  expect_error(schash_annotate(counts, model, batch = bad), "2 cells have a missing batch")
+  bad[1:2] <- ""
+  expect_error(schash_annotate(counts, model, batch = bad), "2 cells have an empty batch")
+  p$empty_type <- as.character(p$RNA_snn_res.1); p$empty_type[1] <- ""
+  expect_error(schash_train(p, cell_type = "empty_type"), "1 cells have an empty cell type")
 })
