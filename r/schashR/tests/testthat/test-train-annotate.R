@@ -92,7 +92,7 @@ test_that("bad input gives clear R errors", {
   expect_false(grepl("Traceback|GeneOverlapError", conditionMessage(err)))
   tiny <- do.call(cbind, rep(list(counts[, 1:3]), 1))
   expect_warning(
-    expect_error(schash_train(tiny, cell_type = c("a", "b", "c"), min_cells_per_type = 2), "at least two", class = "schash_error"),
+    expect_error(schash_train(tiny, cell_type = c("a", "b", "c"), min_cells_per_type = 10), "at least two", class = "schash_error"),
     "fewer than 10 cells are left out", class = "schash_warning")
   expect_error(schash_annotate(p, "not a model"), "must be a schash_model")
 })
