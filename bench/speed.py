@@ -91,7 +91,7 @@ def step_schash_cli(model_path, query, out_csv):
     from schash._cli import main
 
     t = time.time()
-    rc = main(["annotate", model_path, query, "--csv", out_csv, "--no-progress"])
+    rc = main(["annotate", model_path, query, "--csv", out_csv, "--no-progress", "--overwrite"])
     return {"seconds": time.time() - t, "rc": rc}
 
 

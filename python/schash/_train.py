@@ -102,9 +102,13 @@ class _Rows:
         from scipy import sparse
 
         F = X.F
-        self.F, self.cfg, self.log_scale = F, cfg, log_scale
+        self.cfg, self.log_scale = cfg, log_scale
+        self.augmenting = cfg.augment > 0 and log_scale
+        # sparse rows are augmented on their non-zero values only (zeros stay zeros), then made dense
+        self.csr = sparse.csr_matrix(F, dtype=np.float32) if sparse.issparse(F) and self.augmenting else None
+        self.F = F
         self.dense = None
-        if F.shape[0] * F.shape[1] * 4 <= cfg.dense_limit_bytes:
+        if self.csr is None and F.shape[0] * F.shape[1] * 4 <= cfg.dense_limit_bytes:
             self.dense = torch.from_numpy(np.asarray(F.toarray() if sparse.issparse(F) else F, dtype=np.float32))
         self.mean = torch.from_numpy(np.asarray(X.mean, dtype=np.float32))
         self.std = torch.from_numpy(np.asarray(X.std, dtype=np.float32))
@@ -115,15 +119,42 @@ class _Rows:
         from scipy import sparse
 
         tb = torch.from_numpy(b)
-        if self.dense is not None:
+        if self.csr is not None:
+            block = self.csr[b]
+            values = torch.from_numpy(block.data.copy())
+            if gen is not None:
+                row_of = torch.from_numpy(np.repeat(np.arange(len(b)), np.diff(block.indptr)))
+                values = augment_values(values, row_of, len(b), self.cfg, gen)
+            x = torch.zeros(len(b), block.shape[1])
+            x[row_of if gen is not None else torch.from_numpy(np.repeat(np.arange(len(b)), np.diff(block.indptr))),
+              torch.from_numpy(block.indices.astype(np.int64))] = values
+        elif self.dense is not None:
             x = self.dense[tb]
         else:
             block = self.F[b]
             x = torch.from_numpy(np.asarray(block.toarray() if sparse.issparse(block) else block, dtype=np.float32))
-        if gen is not None and self.cfg.augment > 0 and self.log_scale:
+        if gen is not None and self.augmenting and self.csr is None:
             x = augment(x, self.cfg, gen)
         g = self.groups[tb]
         return ((x - self.mean[g]) / self.std[g]).clamp_(-self.clip, self.clip)
+
+
+def augment_values(values: torch.Tensor, row_of: torch.Tensor, n: int, cfg: TrainConfig,
+                   gen: torch.Generator) -> torch.Tensor:
+    """:func:`augment` applied to the non-zero values of ``n`` sparse rows (``row_of``: each value's row).
+
+    The same perturbation in distribution as on dense rows (zeros are untouched there too),
+    at the cost of the non-zeros only.
+    """
+    k = len(values)
+    lin = torch.expm1(values)
+    log_f = torch.randn(k, generator=gen) * cfg.aug_gene_sd + (torch.randn(n, generator=gen) * cfg.aug_cell_sd)[row_of]
+    lin = lin * torch.exp(log_f)
+    if cfg.aug_dropout > 0:
+        rate = torch.rand(n, generator=gen) * cfg.aug_dropout
+        lin = lin * (torch.rand(k, generator=gen) >= rate[row_of])
+    chosen = (torch.rand(n, generator=gen) < cfg.augment)[row_of]
+    return torch.where(chosen, torch.log1p(lin), values)
 
 
 def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
