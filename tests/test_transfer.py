@@ -41,7 +41,7 @@ def test_defaults_transfer_across_a_technology_shift(pbmc_split, pbmc_model):
     qry = pbmc_split[1]
     pred = pbmc_model.predict(qry)["label"].astype(str)
     truth = qry.obs["bulk_labels"].astype(str)
-    # measured 0.84 accuracy (seed 0); without augmentation (augment=0) it was lower
+    # measured (seeds 0-2): accuracy 0.82-0.83, macro F1 0.69-0.74; without augmentation macro F1 0.65-0.71
     assert (pred == truth).mean() >= 0.75
     assert f1_score(truth, pred, average="macro") >= 0.6
 
