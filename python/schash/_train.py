@@ -121,13 +121,12 @@ class _Rows:
         tb = torch.from_numpy(b)
         if self.csr is not None:
             block = self.csr[b]
+            row_of = torch.from_numpy(np.repeat(np.arange(len(b)), np.diff(block.indptr)))
             values = torch.from_numpy(block.data.copy())
             if gen is not None:
-                row_of = torch.from_numpy(np.repeat(np.arange(len(b)), np.diff(block.indptr)))
                 values = augment_values(values, row_of, len(b), self.cfg, gen)
             x = torch.zeros(len(b), block.shape[1])
-            x[row_of if gen is not None else torch.from_numpy(np.repeat(np.arange(len(b)), np.diff(block.indptr))),
-              torch.from_numpy(block.indices.astype(np.int64))] = values
+            x.index_put_((row_of, torch.from_numpy(block.indices.astype(np.int64))), values, accumulate=True)
         elif self.dense is not None:
             x = self.dense[tb]
         else:
