@@ -103,6 +103,7 @@ def _check_train_args(a: dict) -> None:
     for width in hidden:
         _args.whole("each hidden layer width", width)
     _args.number("dropout", a["dropout"], lo=0, hi=1, hi_open=True)
+    _args.number("augment", a["augment"], lo=0, hi=1)
     _args.number("lr", a["lr"], lo=0, lo_open=True)
     _args.number("prune_quantile", a["prune_quantile"], lo=0, hi=1)
     _args.number("novelty_alpha", a["novelty_alpha"], lo=0, hi=1)
@@ -205,8 +206,6 @@ def train(
     """
     _check_train_args(locals())
     progress = _args.progress(progress)
-    if not 0.0 <= float(augment) <= 1.0:
-        raise InputError(f"augment is the fraction of training cells perturbed in each epoch, in [0, 1]; got {augment!r}")
     path = data if isinstance(data, (str, os.PathLike)) else None
     if basis is not None and basis not in (getattr(data, "obsm", None) or {}):
         have = list(data.obsm.keys()) if getattr(data, "obsm", None) is not None else None
