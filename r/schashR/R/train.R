@@ -60,11 +60,7 @@ schash_train.Seurat <- function(object, cell_type, batch = NULL, assay = NULL, l
   batches <- meta_values(object, batch, "batch", n)
   coords <- NULL
   if (!is.null(reduction)) {
-    have <- SeuratObject::Reductions(object)
-    if (!is.character(reduction) || length(reduction) != 1 || !reduction %in% have) {
-      stop("reduction '", paste(reduction, collapse = ", "), "' is not in this Seurat object; its ",
-           "reductions are: ", paste(have, collapse = ", "), call. = FALSE)
-    }
+    check_reduction(reduction, SeuratObject::Reductions(object), "Seurat object", "reductions")
     coords <- SeuratObject::Embeddings(object, reduction)[colnames(object), , drop = FALSE]
   }
   train_matrix(seurat_expr(object, assay, layer), labels, batches, n_bits, seed, ...,
@@ -82,11 +78,8 @@ schash_train.SingleCellExperiment <- function(object, cell_type, batch = NULL, a
   batches <- meta_values(object, batch, "batch", n)
   coords <- NULL
   if (!is.null(reduction)) {
-    have <- SingleCellExperiment::reducedDimNames(object)
-    if (!is.character(reduction) || length(reduction) != 1 || !reduction %in% have) {
-      stop("reduction '", paste(reduction, collapse = ", "), "' is not in this SingleCellExperiment; ",
-           "its reducedDims are: ", paste(have, collapse = ", "), call. = FALSE)
-    }
+    check_reduction(reduction, SingleCellExperiment::reducedDimNames(object), "SingleCellExperiment",
+                    "reducedDims")
     coords <- SingleCellExperiment::reducedDim(object, reduction)
   }
   train_matrix(sce_expr(object, assay), labels, batches, n_bits, seed, ...,
@@ -183,4 +176,13 @@ schash_load <- function(path) {
   if (!file.exists(path)) stop("no such file: ", path, call. = FALSE)
   check_available()
   new_schash_model(py_call(schash_bridge()$load(normalizePath(path))))
+}
+
+# A reduction name that the object holds, or an error naming the ones it has.
+check_reduction <- function(reduction, have, what, kind) {
+  if (!is.character(reduction) || length(reduction) != 1 || !reduction %in% have) {
+    stop("reduction '", paste(reduction, collapse = ", "), "' is not in this ", what, "; its ", kind,
+         " are: ", paste(have, collapse = ", "), call. = FALSE)
+  }
+  invisible(reduction)
 }
