@@ -19,7 +19,7 @@ import pandas as pd
 import scanpy as sc
 import schash
 from schash import _hamming
-from schash._preprocess import SparseScaled
+from schash._data import Source
 
 full = sc.datasets.pbmc68k_reduced()
 ad = full.raw.to_adata(); ad.obs = full.obs.copy()
@@ -28,8 +28,8 @@ perm = rng.permutation(ad.n_obs); ref, q = ad[perm[:450]].copy(), ad[perm[450:]]
 m = schash.train(ref, cell_type_key="bulk_labels", progress=False, min_cells_per_type=5)
 print("types", len(m.cell_types), "distinct ref codes", len(_hamming.distinct(m.ref_codes)[0]))
 def logits(data):
-    _, X, _, _ = m._prepare(data)
-    return m.module.logits_sparse(SparseScaled(X.F, X.groups, X.mean, X.std, X.present, X.clip))
+    with Source(data) as src:
+        return np.concatenate([m.module.logits_sparse(block) for _, _, block in m.encoder.scaled(src)])
 qc = m.encode(q); lq = logits(q); lr = logits(ref)
 d = _hamming.distances(qc, m.ref_codes).astype(float)
 truth = pd.Categorical(q.obs["bulk_labels"].astype(str), categories=m.cell_types).codes

@@ -24,7 +24,8 @@ def make_counts(n_cells=600, n_genes=300, n_types=4, n_batches=2, seed=0, marker
     mu *= rng.lognormal(0, 0.3, (n_cells, 1))  # library size
     counts = rng.negative_binomial(2, 2 / (2 + mu)).astype(np.float32)
     obs = pd.DataFrame(
-        {"cell_type": pd.Categorical([f"type_{t}" for t in types]), "batch": pd.Categorical([f"b{b}" for b in batches])},
+        {"cell_type": pd.Categorical([f"type_{t}" for t in types]),
+         "batch": pd.Categorical([f"b{b}" for b in batches])},
         index=[f"c{i}" for i in range(n_cells)],
     )
     var = pd.DataFrame(index=[f"g{i}" for i in range(n_genes)])

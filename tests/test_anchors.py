@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 import schash
 from schash._anchors import make_anchors, min_pairwise_distance
 

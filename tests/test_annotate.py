@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
+import schash
+from conftest import make_counts
 from scipy import sparse
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
-
-import schash
-from conftest import make_counts
 
 
 def test_predict_has_no_side_effects_and_is_indexed_by_cell(synth_model, synth):
@@ -24,7 +23,10 @@ def test_annotate_writes_scanpy_style_fields(synth_model, synth):
     for col in ["schash_label", "schash_pruned_label", "schash_distance", "schash_confidence"]:
         assert col in out.obs
     assert out.obs["schash_label"].dtype == "category"
-    assert out.obsm["X_schash"].shape == (synth.n_obs, 8) and out.obsm["X_schash"].dtype == np.uint8
+    assert out.obsm["schash_codes"].shape == (synth.n_obs, 8) and out.obsm["schash_codes"].dtype == np.uint8
+    signs = out.obsm["X_schash"]  # the same codes as an embedding: ±1 float32, one column per bit
+    assert signs.shape == (synth.n_obs, 64) and signs.dtype == np.float32 and set(np.unique(signs)) == {-1.0, 1.0}
+    assert np.array_equal(np.packbits(signs > 0, axis=1), out.obsm["schash_codes"])
     assert out.uns["schash"]["n_genes_matched"] == len(synth_model.genes)
     acc = (out.obs["schash_label"].astype(str) == synth.obs["cell_type"].astype(str)).mean()
     assert acc > 0.95

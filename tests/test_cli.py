@@ -1,7 +1,6 @@
 import anndata as ad
 import pandas as pd
 import pytest
-
 from schash._cli import main
 
 

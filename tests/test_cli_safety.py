@@ -5,7 +5,6 @@ import os
 
 import anndata as ad
 import pytest
-
 import schash
 from schash import _atomic
 from schash._cli import main
@@ -84,7 +83,8 @@ def test_a_failed_h5ad_write_keeps_the_old_output_and_no_temp(files, capsys, tmp
     assert _annotate(files, "-o", str(out), "--csv", str(csv), "--overwrite") == 2
     _one_line_error(capsys, "No space left")
     # neither file changed (the CSV is placed only after the .h5ad is complete), no temp file left
-    assert (_digest(out), _digest(csv), csv.stat().st_ino) == before and sorted(os.listdir(tmp_path)) == ["out.csv", "out.h5ad"]
+    assert (_digest(out), _digest(csv), csv.stat().st_ino) == before
+    assert sorted(os.listdir(tmp_path)) == ["out.csv", "out.h5ad"]
 
 
 # -- 5 and 7: bad arguments and every other error: one line, exit 2 ---------------------------------

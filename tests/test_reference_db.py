@@ -3,7 +3,6 @@ import matplotlib
 matplotlib.use("Agg")
 import numpy as np
 import pytest
-
 import schash
 from schash import _hamming
 

@@ -7,12 +7,11 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import sparse
-
 import schash
-from schash import _args
-from schash._data import detect_kind
 from conftest import make_counts
+from schash import _args
+from schash._values import detect_kind
+from scipy import sparse
 
 FAST = dict(max_epochs=2, n_top_genes=100, progress=False)
 
@@ -118,9 +117,9 @@ def test_neighbors_arguments_are_checked(synth_model, query):
     ],
 )
 def test_train_arguments_are_checked_before_any_work(small, kwargs, message, monkeypatch):
-    import schash._api as api
+    import schash._train as api
 
-    monkeypatch.setattr(api, "extract", lambda *a, **k: pytest.fail("read the data before checking arguments"))
+    monkeypatch.setattr(api, "Source", lambda *a, **k: pytest.fail("read the data before checking arguments"))
     with pytest.raises(schash.InputError, match=message):
         schash.train(small, cell_type_key="cell_type", **{**FAST, **kwargs})
 
@@ -140,7 +139,7 @@ def test_failed_annotate_leaves_the_anndata_untouched(synth_model, query, monkey
     def broken(*a, **k):
         raise MemoryError("no room for the neighbours")
 
-    monkeypatch.setattr(type(synth_model), "composition", broken)
+    monkeypatch.setattr(type(synth_model), "composition_of_codes", broken)
     with pytest.raises(MemoryError):
         schash.annotate(query, synth_model, neighbors=5)
     assert _snapshot(query) == before
@@ -184,7 +183,7 @@ def test_key_added_never_overwrites_fields_schash_did_not_create(synth_model, qu
             schash.annotate(query, synth_model, key_added=bad)
     assert _snapshot(query)[:2] == before[:2] and (query.obsm["X_pca"] == 1).all()
     schash.annotate(query, synth_model, key_added="sh")
-    assert list(query.uns["sh"]["created"]["obsm"]) == ["X_sh", "sh_scores"]
+    assert list(query.uns["sh"]["created"]["obsm"]) == ["X_sh", "sh_codes", "sh_scores"]
 
 
 # -- 8: what kind of values the input holds is decided once, from the whole input ------------------
@@ -287,7 +286,7 @@ def test_saliency_groups_from_a_series_are_matched_by_cell_name(synth_model, que
 
 def test_kind_of_a_mostly_empty_input_does_not_depend_on_chunk_size(synth_model):
     from conftest import make_counts
-    from schash._stream import Source
+    from schash._data import Source
 
     big = make_counts(n_cells=6000, n_genes=300, seed=9)
     marker = sparse.csr_matrix((np.arange(1, 6001, dtype=np.float32), (np.arange(6000), np.zeros(6000, int))),

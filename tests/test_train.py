@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
-import torch
-
 import schash
-from schash._train import class_weights, sizes_from_data, TrainConfig
+import torch
+from schash._loop import TrainConfig, class_weights, sizes_from_data
 
 
 def test_effective_number_weights_favour_rare_types():
@@ -23,10 +22,11 @@ def test_same_seed_same_model(synth):
     a = schash.train(synth, seed=5, **kw)
     b = schash.train(synth, seed=5, **kw)
     c = schash.train(synth, seed=6, **kw)
-    for (k, va), vb in zip(a.module.state_dict().items(), b.module.state_dict().values()):
+    for (k, va), vb in zip(a.module.state_dict().items(), b.module.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
     np.testing.assert_array_equal(a.encode(synth), b.encode(synth))
-    assert not all(torch.equal(x, y) for x, y in zip(a.module.state_dict().values(), c.module.state_dict().values()))
+    assert not all(torch.equal(x, y) for x, y in zip(a.module.state_dict().values(), c.module.state_dict().values(),
+                                                   strict=True))
 
 
 def test_history_is_kept(synth_model):

@@ -6,23 +6,19 @@
 >>> model.save("model.schash"); model = schash.load("model.schash")
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("schash-annotate")
-except PackageNotFoundError:  # running from a source tree
-    __version__ = "0.0.0+unknown"
-
 from ._blas import prefer_torch_blas as _prefer_torch_blas
+from ._version import __version__
 
 _prefer_torch_blas()  # before torch is imported: inside R, torch must not use R's BLAS
 
-from ._api import annotate, train  # noqa: E402
-from ._errors import GeneOverlapError, InputError, LabelKeyError, ModelFileError, SchashError
-from ._io import load_model as load
-from ._model import UNASSIGNED, SchashModel
-from ._saliency import top_genes
-from . import pl
+from . import pl  # noqa: E402
+from ._annotate import annotate  # noqa: E402
+from ._errors import GeneOverlapError, InputError, LabelKeyError, ModelFileError, SchashError  # noqa: E402
+from ._model import UNASSIGNED, SchashModel  # noqa: E402
+from ._saliency import top_genes  # noqa: E402
+from ._train import train  # noqa: E402
+
+load = SchashModel.load
 
 __all__ = [
     "train", "annotate", "load", "top_genes", "pl", "SchashModel", "UNASSIGNED", "__version__",

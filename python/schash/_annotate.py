@@ -7,14 +7,14 @@ them (no stale columns) and no run overwrites a field that schash did not create
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import pandas as pd
 
 from . import _args
-from ._data import _is_anndata
+from ._data import is_anndata
 from ._errors import InputError
+from ._result import Annotation, annotation
 
 if TYPE_CHECKING:
     from ._model import SchashModel
@@ -25,7 +25,7 @@ def annotate(
     model: SchashModel,
     *,
     layer: str | None = None,
-    method: str = "anchor",
+    method: Literal["anchor", "knn"] = "anchor",
     k: int = 15,
     batch_key: str | None = None,
     neighbors: int | None = None,
@@ -41,7 +41,10 @@ def annotate(
     ``obs[f"{key_added}_label"]``, ``obs[f"{key_added}_pruned_label"]`` (categorical),
     ``obs[f"{key_added}_distance"]``, ``obs[f"{key_added}_delta_next"]``,
     ``obs[f"{key_added}_typicality"]``, ``obs[f"{key_added}_confidence"]`` (float),
-    ``obsm[f"X_{key_added}"]`` (the packed codes, uint8, n_bits/8 columns),
+    ``obsm[f"X_{key_added}"]`` (the codes as ±1 float32, cells × n_bits: an embedding for
+    ``sc.pp.neighbors(adata, use_rep="X_schash")`` and UMAP, since Euclidean distance on ±1 codes
+    is a monotone function of Hamming distance), ``obsm[f"{key_added}_codes"]`` (the same codes
+    packed, uint8, n_bits/8 columns: what :meth:`SchashModel.encode` returns),
     ``obsm[f"{key_added}_scores"]`` (cells × types scores in [0, 1]: ``1 - d / n_bits`` for the
     Hamming distance ``d`` to each type's anchor; a DataFrame), with a reference map
     (``model.set_reference_map()``) ``obsm[f"X_{key_added}_umap"]`` (the cells placed on it) and
@@ -60,40 +63,25 @@ def annotate(
     -------
     The annotated copy when ``copy=True``, else ``None``.
     """
-    if not _is_anndata(adata):
+    if not is_anndata(adata):
         raise InputError("annotate() takes an AnnData; for a matrix use model.predict(X, genes=...)")
-    _check_call_args(model, method=method, k=k, neighbors=neighbors, chunk_size=chunk_size)
+    _args.call(len(model.ref_labels), method=method, k=k, neighbors=neighbors, chunk_size=chunk_size)
     _args.key_added(key_added)
-    progress = _args.progress(progress)
     _fields_to_replace(adata, key_added, _new_keys(model, key_added, neighbors))  # refuse before the work
-    enc = model._pass(adata, layer=layer, batch_key=batch_key, chunk_size=chunk_size, progress=progress)
-    df = model.call(enc, method=method, k=k)
+    result = annotation(model, adata, layer=layer, method=method, k=k, batch_key=batch_key, neighbors=neighbors,
+                        chunk_size=chunk_size, progress=progress, cells=adata.obs_names)
     if copy:
         adata = adata.copy()
-    write_annotation(adata, model, enc, df, method=method, k=k, layer=layer, batch_key=batch_key,
-                     neighbors=neighbors, key_added=key_added, progress=progress)
+    write_annotation(adata, model, result, neighbors=neighbors, key_added=key_added)
     return adata if copy else None
-
-
-def _check_call_args(model, *, method, k, neighbors=None, chunk_size=8192):
-    from ._model import METHODS
-
-    _args.choice("method", method, METHODS)
-    n_ref = len(model.ref_labels)
-    if method == "knn":
-        _args.neighbours("k", k, n_ref)
-    else:
-        _args.whole("k", k)
-    _args.neighbours("neighbors", neighbors, n_ref, none_ok=True)
-    _args.whole("chunk_size", chunk_size)
 
 
 def _new_keys(model, key_added, neighbors) -> dict:
     """The obs and obsm keys an annotation writes."""
     obs = [f"{key_added}_{c}" for c in ("label", "pruned_label", "distance", "delta_next", "typicality",
                                          "confidence")]
-    obsm = [f"X_{key_added}", f"{key_added}_scores"]
-    if getattr(model, "ref_map", None) is not None:
+    obsm = [f"X_{key_added}", f"{key_added}_codes", f"{key_added}_scores"]
+    if model.ref_map is not None:
         obsm.append(f"X_{key_added}_{model.map_name()}")
     if neighbors:
         cols = list(model.reference_obs().columns)
@@ -117,7 +105,7 @@ def _created_before(adata, key_added) -> dict:
     suffixes = ("label", "pruned_label", "distance", "delta_next", "typicality", "confidence", "neighbor_batch")
     return {"obs": [f"{key_added}_{c}" for c in suffixes if f"{key_added}_{c}" in adata.obs],
             "obsm": [m for m in adata.obsm.keys()
-                     if m in (f"X_{key_added}", f"{key_added}_scores")
+                     if m in (f"X_{key_added}", f"{key_added}_codes", f"{key_added}_scores")
                      or (m.startswith(f"{key_added}_") and m.endswith("_composition"))]}
 
 
@@ -132,37 +120,22 @@ def _fields_to_replace(adata, key_added, new: dict) -> dict:
     return before
 
 
-def write_annotation(adata, model, enc, df, *, method, k, layer, batch_key, neighbors=None, key_added="schash",
-                     progress=False):
-    """Write a finished annotation into ``adata`` (the fields listed in :func:`annotate`).
+def write_annotation(adata, model, result: Annotation, *, neighbors=None, key_added="schash"):
+    """Write a finished :class:`~schash._result.Annotation` into ``adata`` (the fields listed in :func:`annotate`).
 
     Everything is computed first and written last; an error leaves ``adata`` untouched.
     """
     _args.key_added(key_added)
     new = _new_keys(model, key_added, neighbors)
     before = _fields_to_replace(adata, key_added, new)
-    obs = {f"{key_added}_{col}": df[col].values for col in df.columns}
-    from ._scores import type_scores
-
-    obsm = {f"X_{key_added}": enc.codes,
-            f"{key_added}_scores": type_scores(model, enc.codes, adata.obs_names, enc.empty)}
-    if getattr(model, "ref_map", None) is not None and enc.projected is not None:
-        obsm[f"X_{key_added}_{model.map_name()}"] = model.ref_map.place(enc.projected)
-    if neighbors:
-        for by in model.reference_obs().columns:  # ties at the k-th distance share equally
-            comp = model.composition(None, by=by, k=neighbors, _codes=(adata.obs_names, enc.codes))
-            obsm[f"{key_added}_{by}_composition"] = comp
-            if by == "batch":
-                obs[f"{key_added}_neighbor_batch"] = pd.Categorical(comp.idxmax(axis=1))
-    record = {
-        "params": {"method": method, "k": k, "neighbors": neighbors, "layer": layer, "batch_key": batch_key,
-                   "n_bits": model.n_bits, "threshold": model.threshold,
-                   "novelty_alpha": model.params.get("novelty_alpha", 0.02)},
-        "n_genes_matched": enc.n_genes_matched,
-        "n_genes_model": len(model.pre.genes),
-        "input_kind": enc.kind,
-        "created": {"obs": list(obs), "obsm": list(obsm)},
-    }
+    obs = {f"{key_added}_{col}": result.table[col].values for col in result.table.columns}
+    obsm = {f"X_{key_added}": result.signs(model.n_bits), f"{key_added}_codes": result.codes,
+            f"{key_added}_scores": result.scores}
+    if result.placed is not None:
+        obsm[f"X_{key_added}_{model.map_name()}"] = result.placed
+    for by, comp in result.compositions.items():
+        obsm[f"{key_added}_{by}_composition"] = comp
+    record = {**result.record, "created": {"obs": list(obs), "obsm": list(obsm)}}
     # all computed: now replace the earlier run's fields with this run's
     for key in before["obs"]:
         if key in adata.obs:

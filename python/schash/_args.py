@@ -74,3 +74,17 @@ def progress(value) -> bool:
     if isinstance(value, bool):
         return value
     raise InputError(f"progress must be True, False or None (automatic), got {value!r}")
+
+
+METHODS = ("anchor", "knn")
+
+
+def call(n_reference: int, *, method, k, neighbors=None, chunk_size=8192) -> None:
+    """The arguments of a call (predict, annotate, the CLI, R), for a model with ``n_reference`` cells."""
+    choice("method", method, METHODS)
+    if method == "knn":
+        neighbours("k", k, n_reference)
+    else:
+        whole("k", k)
+    neighbours("neighbors", neighbors, n_reference, none_ok=True)
+    whole("chunk_size", chunk_size)

@@ -14,12 +14,11 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from . import _hamming
-from ._api import train
 from ._errors import InputError
-from ._io import load_model
-from ._saliency import compute_saliency, top_genes as _top_genes
-from ._scores import type_scores
+from ._model import SchashModel
+from ._result import annotation
+from ._saliency import compute_saliency
+from ._train import train
 
 # Warnings raised while R's calls ran, for R to re-raise as R warnings (take_warnings()).
 # Left to Python they would be printed raw to the console, with file paths, where R's
@@ -55,7 +54,8 @@ def take_warnings() -> list[str]:
     return out
 
 
-_INT_ARGS = ("n_bits", "n_top_genes", "min_cells_per_type", "max_cells_per_type", "batch_size", "max_epochs", "seed", "k",
+_INT_ARGS = ("n_bits", "n_top_genes", "min_cells_per_type", "max_cells_per_type", "batch_size", "max_epochs", "seed",
+             "k",
              "num_threads")
 
 
@@ -112,14 +112,6 @@ def _anndata(X, genes, cells):
 
 
 @_r_call
-def set_threads(n) -> None:
-    """Set torch's intra-op threads (1 gives bit-identical results between processes)."""
-    import torch
-
-    torch.set_num_threads(int(n))
-
-
-@_r_call
 def train_matrix(X, genes, cells, labels, batches=None, ref_map=None, ref_map_name=None, **kwargs):
     """Train on a cells × genes matrix with R's label (and batch) vectors.
 
@@ -163,32 +155,28 @@ def annotate_matrix(model, X, genes, cells, method="anchor", k=15, saliency=True
             raise InputError(f"{len(b)} batches for {adata.n_obs} cells")
         adata.obs[QUERY_BATCH] = pd.Categorical(np.asarray(b, dtype=str))
         batch_key = QUERY_BATCH
-    enc = model._pass(adata, batch_key=batch_key)
-    table = model.call(enc, method=str(method), k=int(k))
+    res = annotation(model, adata, method=str(method), k=int(k), batch_key=batch_key,
+                     neighbors=int(neighbors) if neighbors is not None and int(neighbors) > 0 else None,
+                     progress=False)
+    table = res.table
     table.index = pd.Index(list(adata.obs_names))
-    scores = type_scores(model, enc.codes, table.index, enc.empty)
-    out = {"codes": _hamming.unpack(enc.codes, model.n_bits).astype(np.int32), "saliency": None,
-           "scores": _matrix(scores),
-           "composition": None, "batch_levels": None, "n_genes_matched": int(enc.n_genes_matched)}
-    if neighbors is not None and int(neighbors) > 0:
-        out["composition"] = {}
-        for by in model.reference_obs().columns:  # ties at the k-th distance share equally
-            comp = model.composition(None, by=by, k=int(neighbors), _codes=(table.index, enc.codes))
-            out["composition"][by] = _matrix(comp)
-            if by == "batch":
-                table["neighbor_batch"] = comp.idxmax(axis=1).to_numpy()
-                out["batch_levels"] = [str(c) for c in comp.columns]
+    out = {"codes": res.signs(model.n_bits).astype(np.int32), "saliency": None, "scores": _matrix(res.scores),
+           "composition": {by: _matrix(comp) for by, comp in res.compositions.items()} or None,
+           "batch_levels": [str(c) for c in res.compositions["batch"].columns] if "batch" in res.compositions
+           else None,
+           "n_genes_matched": int(res.encoded.n_genes_matched)}
     if saliency:
         sal = compute_saliency(model, adata, n_top_cell=int(n_top_cell), batch_key=batch_key)
         table["top_genes"] = sal.cell_top_genes.to_numpy()
         out["saliency"] = _matrix(sal.by_group)
     # columns as plain arrays (label columns as strings; R makes the factors with these levels)
-    out["table"] = {col: (table[col].astype(str).to_numpy(dtype=object) if col in ("label", "pruned_label", "top_genes", "neighbor_batch")
-                          else table[col].to_numpy()) for col in table.columns}
+    text = ("label", "pruned_label", "top_genes", "neighbor_batch")
+    out["table"] = {col: (table[col].astype(str).to_numpy(dtype=object) if col in text else table[col].to_numpy())
+                    for col in table.columns}
     out["levels"] = list(model.cell_types) + ["Unassigned"]
     out["ref_map"] = None
-    if model.ref_map is not None:
-        out["ref_map"] = {"name": model.map_name(), "values": model.ref_map.place(enc.projected).astype(np.float64)}
+    if res.placed is not None:
+        out["ref_map"] = {"name": model.map_name(), "values": res.placed.astype(np.float64)}
     return out
 
 
@@ -199,16 +187,10 @@ def _matrix(df: pd.DataFrame) -> dict:
 
 
 @_r_call
-def encode_matrix(model, X, genes, cells):
-    """Unpacked codes (±1 int32, cells × n_bits) of a cells × genes matrix."""
-    enc = model._pass(_anndata(X, genes, cells))
-    return _hamming.unpack(enc.codes, model.n_bits).astype(np.int32)
-
-
-@_r_call
 def model_info(model) -> dict:
     """What the R print method shows."""
     return {
+        "description": repr(model),
         "cell_types": list(model.cell_types),
         "genes": list(model.genes),
         "n_genes": len(model.genes),
@@ -228,9 +210,4 @@ def save(model, path, overwrite=False) -> None:
 
 @_r_call
 def load(path):
-    return load_model(str(path))
-
-
-@_r_call
-def top_genes(saliency: pd.DataFrame, n=10) -> pd.DataFrame:
-    return _top_genes(saliency, n=int(n))
+    return SchashModel.load(str(path))

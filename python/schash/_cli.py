@@ -44,7 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--n-bits", type=int, default=64)
     t.add_argument("--n-top-genes", type=int, default=2000)
     t.add_argument("--transform", choices=("log", "rank"), default="log")
-    t.add_argument("--scale", choices=("batch", "reference"), default="batch")
+    t.add_argument("--scale", choices=("reference", "batch"), default="reference",
+                   help="standardise with the reference's statistics (default) or each batch on its own")
+    t.add_argument("--augment", type=float, default=0.8,
+                   help="fraction of training cells given a technology-like perturbation each epoch (0: off)")
+    t.add_argument("--min-cells-per-type", type=int, default=1, help="leave out types with fewer cells")
     t.add_argument("--max-epochs", type=int, default=None)
     t.add_argument("--max-cells-per-type", type=int, default=None,
                    help="train on at most this many cells of each type; the database still holds every cell")
@@ -82,14 +86,15 @@ def _read_h5ad(path):
 
 
 def _train(args) -> None:
-    from . import train
     from ._atomic import check_output
+    from ._train import train
 
     # before the training, not after it: a missing folder or an existing file ends the run now
     check_output(args.output, inputs=[args.reference], overwrite=args.overwrite, flag="--overwrite")
     # the path, not a loaded AnnData: train() reads only the training cells and streams the rest
     model = train(args.reference, cell_type_key=args.cell_type_key, batch_key=args.batch_key, layer=args.layer,
                   n_bits=args.n_bits, n_top_genes=args.n_top_genes, transform=args.transform, scale=args.scale,
+                  augment=args.augment, min_cells_per_type=args.min_cells_per_type,
                   max_epochs=args.max_epochs, max_cells_per_type=args.max_cells_per_type, seed=args.seed,
                   device=args.device, progress=args.progress)
     _save_model(model, args.output, args.overwrite)
@@ -105,9 +110,10 @@ def _save_model(model, path, overwrite) -> None:
 
 
 def _annotate(args) -> None:
-    from . import load
-    from ._annotate import _check_call_args, write_annotation
+    from ._annotate import write_annotation
     from ._atomic import check_output, write_atomic
+    from ._model import SchashModel
+    from ._result import annotation
 
     if not args.output and not args.csv:
         raise OSError("nothing to write: give -o OUT.h5ad and/or --csv OUT.csv")
@@ -117,17 +123,16 @@ def _annotate(args) -> None:
     outputs = [p for p in (args.output, args.csv) if p]
     for path in outputs:  # before any work
         check_output(path, inputs=inputs, overwrite=args.overwrite, flag="--overwrite")
-    model = load(args.model)
-    _check_call_args(model, method=args.method, k=args.k, chunk_size=args.chunk_size)
+    model = SchashModel.load(args.model)
     # encode straight from the file, a chunk at a time
-    enc = model._pass(args.query, layer=args.layer, batch_key=args.batch_key, chunk_size=args.chunk_size,
-                      progress=args.progress)
-    df = model.call(enc, method=args.method, k=args.k)
+    res = annotation(model, args.query, layer=args.layer, method=args.method, k=args.k, batch_key=args.batch_key,
+                     chunk_size=args.chunk_size, progress=args.progress)
+    df, enc = res.table, res.encoded
     query = None
     if args.output:  # everything computed before the first file is written
         query = _read_h5ad(args.query)
-        write_annotation(query, model, enc, df, method=args.method, k=args.k, layer=args.layer,
-                         batch_key=args.batch_key)
+        res.table.index = query.obs_names
+        write_annotation(query, model, res)
     table = df.add_prefix("schash_")
 
     def write_csv():
@@ -148,16 +153,16 @@ def _annotate(args) -> None:
 
 
 def _info(args) -> None:
-    from ._io import _read_header
     from pathlib import Path
 
-    meta = _read_header(Path(args.model))
+    from ._io import read_header
+    from ._model import SchashModel
+
+    meta = read_header(Path(args.model))
     if args.json:
         print(json.dumps(meta, indent=2))
         return
-    from . import load
-
-    print(load(args.model))
+    print(SchashModel.load(args.model))
     print(f"format {meta['format']} v{meta['format_version']}, written by schash {meta.get('schash_version')}")
     h = meta.get("history", {})
     if h:

@@ -1,22 +1,33 @@
-"""From what the user passes to a checked cells × genes matrix.
+"""The one input layer: from what the user passes to checked rows of a cells × genes matrix.
 
-Accepts AnnData (``X`` or ``layer=``), a pandas DataFrame (cells × genes), or a
-NumPy / SciPy sparse matrix with gene names.  Sparse input stays sparse.  The
-checks here are the ones that would otherwise surface as a wrong answer later:
-orientation, duplicate genes, NaN/inf, negative values.
+Every public entry point (``train``, ``annotate``, ``SchashModel.predict``/``encode``/
+``neighbors``/``composition``/``add_reference``/``saliency``, the CLI and the R bridge) reads
+its data through :class:`Source`, which accepts
+
+- an AnnData (``X`` or ``layer=``), in memory or backed (``read_h5ad(..., backed="r")``);
+- the path of an ``.h5ad`` file, opened backed, so that only the rows in use are read;
+- a pandas DataFrame (cells × genes);
+- a NumPy / SciPy sparse matrix (cells × genes) with ``genes=``.
+
+Sparse input stays sparse.  The checks here are the ones that would otherwise surface
+as a wrong answer later: orientation, duplicate genes, NaN/inf, negative values (see
+:mod:`schash._values`).  Labels and batches come from an ``obs`` column or a vector
+matched to the cells (:meth:`Source.column`).
 """
 
 from __future__ import annotations
 
-import warnings
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from ._errors import GeneOverlapError, InputError
-from ._logging import logger
+from ._errors import InputError, LabelKeyError
+from ._values import check_finite_nonnegative, check_magnitude
+
+UNASSIGNED = "Unassigned"  # the label of cells left unassigned; never a reference cell type
 
 
 @dataclass
@@ -29,14 +40,14 @@ class Expr:
     obs: pd.DataFrame | None = None
 
 
-def _is_anndata(obj) -> bool:
+def is_anndata(obj) -> bool:
     return type(obj).__name__ == "AnnData" and hasattr(obj, "var_names")
 
 
 def extract(data, genes=None, *, layer: str | None = None, check_values: bool = True) -> Expr:
     """Return the expression matrix of ``data`` as an :class:`Expr` (cells × genes)."""
     obs = None
-    if _is_anndata(data):
+    if is_anndata(data):
         if layer is None:
             X = data.X
         elif layer in data.layers:
@@ -86,22 +97,9 @@ def extract(data, genes=None, *, layer: str | None = None, check_values: bool = 
     return Expr(X=X, genes=gene_index, cells=cells, obs=obs)
 
 
-def _check_magnitude(v: np.ndarray) -> None:
-    """Values beyond :data:`MAX_VALUE` are reported as too large (not as the inf float32 would make them)."""
-    if v.size and v.dtype.kind == "f" and (v.max() > MAX_VALUE or v.min() < -MAX_VALUE):  # no copies if fine
-        with np.errstate(invalid="ignore"):
-            big = (np.abs(v) > MAX_VALUE) & np.isfinite(v)
-        if big.any():
-            raise InputError(
-                f"the expression matrix holds {int(big.sum())} values too large to be expression values "
-                f"(up to {float(np.abs(v[big]).max()):.3g}; the limit is {MAX_VALUE:.0e}); check how it was "
-                "computed, or pass raw counts"
-            )
-
-
 def _as_matrix(X) -> sparse.csr_matrix | np.ndarray:
     if sparse.issparse(X):
-        _check_magnitude(np.asarray(X.data))
+        check_magnitude(np.asarray(X.data))
         # no sum_duplicates(): it scans the whole matrix, and every later step (row sums,
         # gene alignment by sparse product) already treats duplicate entries as their sum
         return sparse.csr_matrix(X, dtype=np.float32)
@@ -112,163 +110,181 @@ def _as_matrix(X) -> sparse.csr_matrix | np.ndarray:
         raise InputError(f"expected a 2-d cells × genes matrix, got an array of shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.number):
         raise InputError(f"the expression matrix must be numeric, got dtype {arr.dtype}")
-    _check_magnitude(arr.reshape(-1))
+    check_magnitude(arr.reshape(-1))
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def _values(X) -> np.ndarray:
-    return X.data if sparse.issparse(X) else X.reshape(-1)
+def _is_path(data) -> bool:
+    return isinstance(data, (str, os.PathLike))
 
 
-def check_finite_nonnegative(X) -> None:
-    """Raise :class:`InputError` on NaN/inf or negative values, saying how many and what to do."""
-    v = _values(X)
-    bad = ~np.isfinite(v)
-    if bad.any():
-        raise InputError(
-            f"the expression matrix holds {int(bad.sum())} NaN or infinite values; "
-            "remove or replace them (e.g. with 0) before calling schash"
-        )
-    neg = v < 0
-    if neg.any():
-        raise InputError(
-            f"the expression matrix holds {int(neg.sum())} negative values: it looks scaled or centred. "
-            "schash needs raw counts or log-normalised values: pass layer='counts', or adata.raw.to_adata()"
-        )
+def _is_backed(data) -> bool:
+    return is_anndata(data) and bool(getattr(data, "isbacked", False))
 
 
-KINDS = ("counts", "log", "normalised")
-LOG_MAX = 20.0  # log1p of values normalised to 1e6 stays below 14, log2(1 + CPM) below 20
-MAX_VALUE = 1e30  # no expression value is this large; beyond it float32 sums lose all meaning
+class Source:
+    """The rows of an input, a chunk at a time (see the module docstring).
 
-
-def detect_kind(X, n_sample: int = 100_000, seed: int = 0) -> str:
-    """What the values of ``X`` are: ``"counts"``, ``"log"`` (log-normalised) or ``"normalised"``.
-
-    The one place schash decides this, for training and for queries.  ``X`` should be rows
-    from across the whole input (see :meth:`schash._stream.Source.sample`), never its first
-    rows alone.
-
-    - ``"counts"``: every sampled non-zero value is a whole number;
-    - ``"normalised"``: not whole numbers, but beyond the range of log-normalised data
-      (largest value above :data:`LOG_MAX`) or every cell sums to the same total (CPM, TPM,
-      RPKM, ``normalize_total`` without log).  Treated like counts: each cell is rescaled to
-      the model's ``target_sum`` and ``log1p``-transformed, so a CPM query gets the labels
-      of its counts;
-    - ``"log"``: anything else (log-normalised values are used as they are).
+    In-memory input is checked once, whole; backed input (an ``.h5ad`` path or a backed
+    AnnData) is checked chunk by chunk as it is read, so memory stays bounded by the chunk.
+    Use it as a context manager to close a file it opened.
     """
-    v = _values(X)
-    nz = v[v != 0]
-    if nz.size == 0:
-        return _report("log", "no non-zero values")
-    sample = nz if nz.size <= n_sample else np.random.default_rng(seed).choice(nz, n_sample, replace=False)
-    if np.all(np.abs(sample - np.round(sample)) < 1e-6):
-        return _report("counts", "whole numbers")
-    vmax = float(nz.max())
-    if vmax > LOG_MAX:
-        return _report("normalised", f"not whole numbers, largest value {vmax:.4g} is beyond the range of "
-                                     f"log-normalised data; each cell is rescaled and log1p-transformed")
-    totals = np.asarray(X.sum(axis=1), dtype=np.float64).reshape(-1)
-    totals = totals[totals > 0]
-    if len(totals) >= 2 and totals.std() <= 1e-3 * totals.mean():
-        return _report("normalised", f"not whole numbers, every cell sums to {totals.mean():.4g}; "
-                                     f"each cell is rescaled and log1p-transformed")
-    return _report("log", f"not whole numbers, largest value {vmax:.4g}: log-normalised values, used as they are")
+
+    def __init__(self, data, genes=None, layer=None):
+        self._opened = None
+        backed = data
+        if _is_path(data):
+            import anndata as ad
+
+            if not os.path.isfile(data):
+                raise FileNotFoundError(f"no such file: {data}")
+            backed = self._opened = ad.read_h5ad(data, backed="r")
+        if _is_path(data) or _is_backed(data):
+            if genes is not None:
+                raise InputError("genes= is only for plain matrices; an AnnData carries its own var_names")
+            if layer is not None and layer not in backed.layers:
+                where = data if _is_path(data) else "this AnnData"
+                raise InputError(f"layer {layer!r} is not in {where}; its layers are {list(backed.layers.keys())}")
+            self.adata, self.layer = backed, layer
+            self.matrix = backed.X if layer is None else backed.layers[layer]
+            probe = extract(_as_matrix(self.matrix[: min(2, backed.n_obs)]), list(backed.var_names),
+                            check_values=False)  # names checked like any input's
+            self.genes, self.cells, self.obs = probe.genes, pd.Index(backed.obs_names), backed.obs
+        else:
+            expr = extract(data, genes, layer=layer)
+            self.adata, self.layer = None, layer
+            self.matrix, self.genes, self.cells, self.obs = expr.X, expr.genes, expr.cells, expr.obs
+        self.n = len(self.cells)
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the file this source opened (a backed AnnData passed in is left open)."""
+        if self._opened is not None:
+            self._opened.file.close()
+            self._opened = None
+
+    @property
+    def backed(self) -> bool:
+        return self.adata is not None
+
+    def chunk(self, start: int, stop: int) -> Expr:
+        """Rows ``start:stop`` as a checked :class:`Expr`."""
+        X = _rows(self.matrix, start, stop)
+        if self.backed:
+            X = _as_matrix(X)
+            check_finite_nonnegative(X)
+        return Expr(X=X, genes=self.genes, cells=self.cells[start:stop])
+
+    def bounds(self, chunk_size: int) -> list[tuple[int, int]]:
+        return [(s, min(s + chunk_size, self.n)) for s in range(0, self.n, chunk_size)]
+
+    def subset(self, idx: np.ndarray) -> Expr:
+        """Rows ``idx`` (sorted indices) in memory, checked, with their ``obs``."""
+        idx = np.asarray(idx, dtype=np.int64)
+        obs = self.obs.iloc[idx] if self.obs is not None else None
+        if self.backed:
+            X = _as_matrix(self.matrix[idx] if len(idx) < self.n else self.matrix[:])
+            check_finite_nonnegative(X)
+        else:
+            X = self.matrix if len(idx) == self.n else self.matrix[idx]
+        return Expr(X=X, genes=self.genes, cells=self.cells[idx], obs=obs)
+
+    def sample(self, n_rows: int = 2000, n_blocks: int = 64):
+        """Rows spread over the whole input (contiguous blocks at evenly spaced positions), for
+        deciding what kind of values it holds; cheap to read from a backed file."""
+        if self.n <= n_rows:
+            return _as_matrix(_rows(self.matrix, 0, self.n))
+        size = max(1, n_rows // n_blocks)
+        starts = np.unique(np.linspace(0, self.n - size, n_blocks).astype(np.int64))
+        blocks = [_as_matrix(_rows(self.matrix, int(a), int(a) + size)) for a in starts]
+        out = sparse.vstack([sparse.csr_matrix(b) for b in blocks]).tocsr()
+        if out.count_nonzero() == 0:  # nearly all cells empty: the first rows (in fixed blocks) that are not
+            for a in range(0, self.n, n_rows):
+                block = sparse.csr_matrix(_as_matrix(_rows(self.matrix, a, min(a + n_rows, self.n))))
+                if block.count_nonzero():
+                    return block
+        return out
+
+    def groups(self, batch_key) -> tuple[np.ndarray, int]:
+        """Each cell's group (batch) code and the number of groups; one group without ``batch_key``."""
+        if batch_key is None:
+            return np.zeros(self.n, dtype=np.int64), 1
+        if self.obs is None:
+            raise InputError("batch_key= needs AnnData input (a plain matrix has no obs)")
+        if batch_key not in self.obs:
+            raise LabelKeyError(f"batch_key {batch_key!r} is not a column of obs; columns: {list(self.obs.columns)}")
+        codes, cats = pd.factorize(self.obs[batch_key].astype(str))
+        return codes.astype(np.int64), len(cats)
+
+    def column(self, key: str | None, values, what: str) -> np.ndarray | None:
+        """Labels, batches or groups from an obs column (``key``) or a vector (``values``), as strings.
+
+        A pandas Series is matched to the cells by its index (cell names); a bare array or list,
+        or a Series with a default 0..n-1 index, by position.  Missing values are an error.
+        """
+        if key is not None:
+            if self.obs is None:
+                raise InputError(f"{what}_key= needs AnnData input; for a matrix pass the {what}s as a vector")
+            if key not in self.obs:
+                raise LabelKeyError(f"{what} column {key!r} is not in obs; available columns: {list(self.obs.columns)}")
+            values = self.obs[key].to_numpy()  # the obs column is aligned to the cells already
+        if values is None:
+            return None
+        if isinstance(values, pd.Series):
+            values = match_by_name(values, self.cells, what)
+        values = pd.Series(np.asarray(values, dtype=object))
+        if len(values) != self.n:
+            extra = " (it matches the number of genes: is the matrix genes × cells? pass X.T)" \
+                if len(values) == len(self.genes) else ""
+            raise InputError(f"{len(values)} {what}s for {self.n} cells{extra}")
+        missing = values.isna()
+        if missing.any():
+            raise InputError(
+                f"{int(missing.sum())} cells have a missing {what} (NA); remove those cells or give them a {what}"
+            )
+        values = values.astype(str).to_numpy()
+        if what == "cell type" and (values == UNASSIGNED).any():
+            raise InputError(f"{int((values == UNASSIGNED).sum())} cells have the cell type {UNASSIGNED!r}, which "
+                             "schash reserves for the cells it leaves unassigned; rename that type or leave those "
+                             "cells out")
+        return values
 
 
-def _report(kind: str, why: str) -> str:
-    logger.info("input values detected as %s (%s)", kind, why)
-    return kind
+def match_by_name(values: pd.Series, cells: pd.Index, what: str) -> np.ndarray:
+    """The values of a Series in the order of ``cells``, matched by name."""
+    index = values.index
+    if isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1 \
+            and not cells.equals(index.astype(str)):
+        return values.to_numpy()  # pd.Series(list): no names to match, so by position
+    names = index.astype(str)
+    if names.equals(cells):
+        return values.to_numpy()
+    fix = f"; or pass {what}s.to_numpy() to match them to the cells by position"
+    if names.has_duplicates:
+        raise InputError(f"the {what}s Series has repeated cell names in its index "
+                         f"(e.g. {list(names[names.duplicated()][:3])}){fix}")
+    if cells.has_duplicates:
+        raise InputError(f"the cell names are not unique (e.g. {list(cells[cells.duplicated()][:3])}), so the "
+                         f"{what}s Series cannot be matched to them by name; make them unique "
+                         f"(adata.obs_names_make_unique()){fix}")
+    pos = names.get_indexer(cells)
+    if (pos < 0).any():
+        missing = cells[pos < 0]
+        raise InputError(f"{len(missing)} cells have no {what} in the Series given (matched by cell name), "
+                         f"e.g. {list(missing[:5])}; its index must hold every cell name{fix}")
+    return values.to_numpy()[pos]
 
 
-def log_normalise(X, kind: str, target_sum: float = 1e4):
-    """Counts (or normalised values) → rescaled to ``target_sum`` per cell and ``log1p``-transformed;
-    log-normalised input is returned as it is.
-
-    Cells with no counts stay all-zero (they are reported as Unassigned later).
-    """
-    if kind == "log":
-        return X
-    if kind not in ("counts", "normalised"):
-        raise InputError(f"input kind must be one of {KINDS}, got {kind!r}")
-    totals = np.asarray(X.sum(axis=1), dtype=np.float64).reshape(-1)
-    scale = np.divide(target_sum, totals, out=np.zeros_like(totals, dtype=np.float64), where=totals > 0)
-    if sparse.issparse(X):
-        Y = sparse.diags(scale.astype(np.float32)) @ X
-        Y = sparse.csr_matrix(Y, dtype=np.float32)
-        np.log1p(Y.data, out=Y.data)
-        return Y
-    return np.log1p(X * scale[:, None].astype(np.float32))
-
-
-def align_genes(X, genes: pd.Index, target: pd.Index, *, min_overlap: float = 0.3, what: str = "query",
-                report: bool = True):
-    """Reorder the columns of ``X`` to ``target``; missing genes become zero columns.
-
-    Reports how many genes matched; raises :class:`GeneOverlapError` below ``min_overlap``.
-    """
-    if genes.equals(target):  # already the model's genes in the model's order
-        return X, len(target)
-    src = genes.get_indexer(target)
-    present = src >= 0
-    n_match = int(present.sum())
-    frac = n_match / len(target)
-    if frac < min_overlap:
-        raise GeneOverlapError(
-            f"only {n_match} of the model's {len(target)} genes ({frac:.0%}) are in the {what} "
-            f"(needed: {min_overlap:.0%}); e.g. missing: {list(target[~present][:5])}. Check that the "
-            "query uses the same gene identifiers as the reference (symbols vs Ensembl IDs) and is cells × genes"
-        )
-    if n_match < len(target) and report:
-        msg = (
-            f"{n_match} of {len(target)} model genes found in the {what}; "
-            f"{len(target) - n_match} missing genes (e.g. {list(target[~present][:5])}) are set to zero"
-        )
-        warnings.warn(msg, UserWarning, stacklevel=3)
-        logger.info(msg)
-    if sparse.issparse(X):
-        sel = sparse.csr_matrix(
-            (np.ones(n_match, dtype=np.float32), (src[present], np.flatnonzero(present))),
-            shape=(X.shape[1], len(target)),
-        )
-        return sparse.csr_matrix(X @ sel), n_match
-    out = np.zeros((X.shape[0], len(target)), dtype=np.float32)
-    out[:, present] = X[:, src[present]]
-    return out, n_match
-
-
-def column_sums(X, groups: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-group column sums and sums of squares (float64, ``n_groups`` × genes)."""
-    onehot = sparse.csr_matrix(
-        (np.ones(len(groups), dtype=np.float64), (groups, np.arange(len(groups)))), shape=(n_groups, len(groups))
-    )
-
-    def dense(m):
-        return m.toarray() if sparse.issparse(m) else np.asarray(m)
-
-    if sparse.issparse(X):
-        X = sparse.csr_matrix(X)
-        if n_groups == 1:  # one scatter-add per statistic instead of two sparse products
-            G = X.shape[1]
-            return (np.bincount(X.indices, weights=X.data, minlength=G)[None],
-                    np.bincount(X.indices, weights=X.data * X.data, minlength=G)[None])
-        return dense(onehot @ X), dense(onehot @ X.multiply(X))
-    Xd = np.asarray(X, dtype=np.float64)
-    return dense(onehot @ Xd), dense(onehot @ (Xd * Xd))
-
-
-def stats_from_sums(s1: np.ndarray, s2: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation (float32) from column sums over groups of ``sizes`` cells."""
-    n = np.maximum(np.asarray(sizes, dtype=np.float64).reshape(-1, 1), 1)
-    mean = s1 / n
-    var = np.maximum(s2 / n - mean**2, 0)
-    return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
-
-
-def column_stats(X, groups: np.ndarray | None = None, n_groups: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Per-group column mean and standard deviation (``n_groups`` × genes, float32)."""
-    if groups is None:
-        groups = np.zeros(X.shape[0], dtype=np.int64)
-        n_groups = 1
-    s1, s2 = column_sums(X, groups, n_groups)
-    return stats_from_sums(s1, s2, np.bincount(groups, minlength=n_groups))
+def _rows(X, start, stop):
+    """Rows ``start:stop``; for an in-memory CSR matrix, views of its arrays instead of a copy."""
+    if isinstance(X, sparse.csr_matrix):  # canonical: extract() made it so
+        a, b = X.indptr[start], X.indptr[stop]
+        out = sparse.csr_matrix((stop - start, X.shape[1]), dtype=X.dtype)
+        out.data, out.indices, out.indptr = X.data[a:b], X.indices[a:b], X.indptr[start : stop + 1] - a
+        return out
+    return X[start:stop]

@@ -1,8 +1,8 @@
 """Packed binary codes and exact Hamming search.
 
 Codes are stored packed, ``K/8`` bytes per cell (``np.packbits`` order).  Distances
-are computed on 64-bit words with a byte popcount table, in blocks so memory stays
-bounded.  Trained codes collapse onto few distinct values, so searches first reduce
+are the XOR of packed bytes counted with a 256-entry popcount table, in blocks so
+memory stays bounded.  Trained codes collapse onto few distinct values, so searches first reduce
 both sides to their distinct codes and expand the answer afterwards.
 """
 
@@ -92,7 +92,8 @@ def knn_vote(
     return frac[q_inv], mean_d[q_inv]
 
 
-def knn_indices(codes: np.ndarray, ref_codes: np.ndarray, k: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def knn_indices(codes: np.ndarray, ref_codes: np.ndarray, k: int,
+                progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest reference cells of each query cell: (indices, distances), both cells × k.
 
     Neighbours are ordered by distance, ties by reference index — the same as a stable

@@ -1,5 +1,8 @@
 """The model file: one safetensors file, tensors plus JSON metadata.
 
+This module reads and writes dicts of arrays and metadata; what they mean is the
+model's business (:mod:`schash._model` turns it into the model and back).
+
 safetensors holds only raw arrays and a JSON header, so loading a model never
 runs code from the file (unlike pickle-based ``torch.load``).  The header's
 ``__metadata__`` carries ``{"schash": <json>}`` with the format name and version,
@@ -18,57 +21,31 @@ import struct
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import torch
 
+from ._atomic import check_output, write_bytes
 from ._errors import ModelFileError
+from ._validate import check_meta, check_tensors
+from ._version import __version__
 
 FORMAT = "schash-model"
 FORMAT_VERSION = 1
 _MAX_HEADER = 100 * 1024 * 1024
 
 
-def save_model(model, path, *, overwrite: bool = False) -> None:
+def check_writable(path, *, overwrite: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written (see :func:`schash._atomic.check_output`)."""
+    check_output(path, overwrite=overwrite)
+
+
+def write(path, tensors: dict[str, np.ndarray], meta: dict, *, overwrite: bool = False) -> None:
+    """Write ``tensors`` and ``meta`` (JSON-able) as one safetensors file, atomically.
+
+    The format name and version and the package version are added to ``meta``.
+    """
     from safetensors.numpy import save
 
-    from . import __version__
-    from ._atomic import check_output, write_bytes
-
-    check_output(path, overwrite=overwrite)  # before the work of serialising
-    tensors = {f"net.{k}": v.detach().cpu().numpy() for k, v in model.module.state_dict().items()}
-    tensors.update(
-        {
-            "anchors": model.anchors.astype(np.float32),
-            "ref_mean": model.pre.ref_mean.astype(np.float32),
-            "ref_std": model.pre.ref_std.astype(np.float32),
-            "ref_codes": np.ascontiguousarray(model.ref_codes, dtype=np.uint8),
-            "ref_labels": model.ref_labels.astype(np.int32),
-            **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in model.novelty.to_tensors().items()},
-        }
-    )
-    if model.ref_batches is not None:
-        tensors["ref_batches"] = model.ref_batches.astype(np.int32)
-    for key, values in model.ref_meta.items():
-        tensors[f"ref_meta.{key}"] = np.asarray(values.codes, dtype=np.int32)
-    if getattr(model, "ref_map", None) is not None:  # the reference's 2-D embedding (schash._refmap)
-        tensors.update(model.ref_map.to_tensors())
-    meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "schash_version": __version__,
-        "cell_types": list(model.cell_types),
-        "batch_categories": model.batch_categories,
-        "ref_meta_categories": {k: [str(c) for c in v.categories] for k, v in model.ref_meta.items()},
-        "threshold": int(model.threshold),
-        "module": model.module.config,
-        "preprocessing": model.pre.to_meta(),
-        "novelty_k": model.novelty.k,
-        "novelty_metric": model.novelty.metric,
-        "params": model.params,
-        "history": model.history,
-        "ref_map": model.ref_map.meta() if getattr(model, "ref_map", None) is not None else None,
-    }
-    data = save(tensors, metadata={"schash": json.dumps(meta)})
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "schash_version": __version__, **meta}
+    data = save(tensors, metadata={"schash": json.dumps(header)})
     write_bytes(path, data, overwrite=overwrite)
 
 
@@ -129,20 +106,18 @@ def _short(v) -> str:
     return s if len(s) <= 40 else s[:37] + "..."
 
 
-def _read_header(path) -> dict:
+def read_header(path) -> dict:
     """The schash metadata of a model file (for ``schash info``)."""
     return _parse_header(_read_bytes(path), path)
 
 
-def load_model(path):
-    """Load a model saved by :meth:`SchashModel.save` (either language).
+def read(path) -> tuple[dict, dict[str, np.ndarray]]:
+    """The metadata and tensors of a model file, checked against each other.
 
     The file is read once; a file that is not a consistent schash model raises
     :class:`ModelFileError` naming the problem.
     """
     from safetensors.numpy import load
-
-    from ._validate import check_meta, check_tensors
 
     data = _read_bytes(path)
     meta = _parse_header(data, path)
@@ -153,45 +128,4 @@ def load_model(path):
         raise ModelFileError(f"{path} is damaged: {err}") from None
     del data
     check_tensors(meta, t, path)
-    try:
-        return _build(meta, t)
-    except Exception as err:  # noqa: BLE001 - every check passed; still never let a bad file crash otherwise
-        raise ModelFileError(f"{path} could not be loaded ({type(err).__name__}: {err})") from None
-
-
-def _build(meta: dict, t: dict):
-    from ._model import SchashModel
-    from ._module import HashMLP
-    from ._novelty import NoveltyScorer
-    from ._preprocess import Preprocessor
-
-    cfg = meta["module"]
-    module = HashMLP(cfg["n_genes"], cfg["n_bits"], tuple(cfg["hidden"]), cfg["dropout"])
-    state = {k[4:]: torch.from_numpy(v) for k, v in t.items() if k.startswith("net.")}
-    module.load_state_dict(state)
-    module.eval()
-    pre = Preprocessor.from_meta(meta["preprocessing"], t["ref_mean"], t["ref_std"])
-    return SchashModel(
-        module=module,
-        pre=pre,
-        cell_types=list(meta["cell_types"]),
-        anchors=t["anchors"],
-        threshold=int(meta["threshold"]),
-        novelty=NoveltyScorer.from_tensors(t, k=int(meta["novelty_k"]),
-                                           metric=meta.get("novelty_metric", "euclidean")),
-        ref_codes=t["ref_codes"],
-        ref_labels=t["ref_labels"].astype(np.int64),
-        params=meta["params"],
-        history=meta.get("history", {}),
-        ref_batches=t["ref_batches"].astype(np.int64) if "ref_batches" in t else None,
-        batch_categories=meta.get("batch_categories"),
-        ref_meta={k: pd.Categorical.from_codes(t[f"ref_meta.{k}"].astype(np.int64), cats)
-                  for k, cats in meta.get("ref_meta_categories", {}).items()},
-        ref_map=_ref_map(t, meta.get("ref_map")),
-    )
-
-
-def _ref_map(t, meta):
-    from ._refmap import ReferenceMap
-
-    return ReferenceMap.from_tensors(t, meta) if meta else None
+    return meta, t

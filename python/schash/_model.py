@@ -1,30 +1,34 @@
 """``SchashModel``: the trained network with everything needed to annotate a query.
 
-It owns the preprocessing, the anchors, the pruning threshold, the typicality
-scorer and the reference database (packed codes and labels of every reference
-cell).  ``encode`` and ``predict`` never modify their input.
+It owns the preprocessing, the anchors, the pruning threshold, the typicality scorer
+and the reference database (packed codes and labels of every reference cell), all set
+when it is built (:func:`schash.train` or :meth:`SchashModel.load`).  Every method reads
+its data through the one input layer (:class:`schash._data.Source`: arrays, DataFrames,
+AnnData in memory or backed, ``.h5ad`` paths) and encodes with the one encoder
+(:mod:`schash._encode`); none modifies its input.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
-from . import _hamming
+from . import _args, _docs, _hamming
 from ._anchors import min_pairwise_distance
-from ._data import extract
-from ._errors import InputError, LabelKeyError
+from ._data import UNASSIGNED, Source
+from ._encode import Encoded, Encoder
+from ._errors import InputError, LabelKeyError, ModelFileError
 from ._module import HashMLP
 from ._novelty import NoveltyScorer
-from ._preprocess import Preprocessor, ScaledMatrix
+from ._preprocess import Preprocessor
 from ._refmap import ReferenceMap
-from ._stream import Encoded
 
-UNASSIGNED = "Unassigned"
-METHODS = ("anchor", "knn")
+NOVELTY_ALPHA = 0.02  # the default of train(novelty_alpha=); also for model files that lack it
+
+__all__ = ["SchashModel", "UNASSIGNED", "NOVELTY_ALPHA"]
 
 
 @dataclass
@@ -33,10 +37,11 @@ class SchashModel:
     pre: Preprocessor
     cell_types: list[str]
     anchors: np.ndarray
-    threshold: int
+    threshold: int  # Hamming distance beyond which a call is Unassigned
     novelty: NoveltyScorer
-    ref_codes: np.ndarray
-    ref_labels: np.ndarray
+    ref_codes: np.ndarray  # the reference database: packed codes ...
+    ref_labels: np.ndarray  # ... and the cell-type index of every reference cell
+    novelty_alpha: float = NOVELTY_ALPHA  # typicality below this is Unassigned
     params: dict = field(default_factory=dict)
     history: dict = field(default_factory=dict)
     ref_batches: np.ndarray | None = None
@@ -57,47 +62,51 @@ class SchashModel:
     def packed_anchors(self) -> np.ndarray:
         return _hamming.pack(self.anchors)
 
+    @property
+    def encoder(self) -> Encoder:
+        """The model's one encoder (:mod:`schash._encode`)."""
+        return Encoder(self.pre, self.module, self.anchors, self.novelty)
+
     def __repr__(self) -> str:
         return (
             f"SchashModel: {len(self.cell_types)} cell types, {len(self.pre.genes)} genes, {self.n_bits} bits, "
             f"{self.ref_codes.shape[0]} reference cells\n"
             f"    cell types: {', '.join(self.cell_types[:8])}{', …' if len(self.cell_types) > 8 else ''}\n"
             f"    transform={self.pre.transform!r}, scale={self.pre.scale!r}, distance threshold={self.threshold}"
+            + (f"\n    reference map: {self.map_name()}" if self.ref_map is not None else "")
         )
 
     # -- encoding ----------------------------------------------------------------------------
-    def _prepare(self, data, *, genes=None, layer=None, batch_key=None, min_gene_overlap=0.3):
-        """The whole query at once as dense-able scaled rows (for saliency, which needs gradients).
+    @_docs.inputs
+    def encoded(self, data, *, genes=None, layer=None, batch_key=None, chunk_size: int = 8192,
+                min_gene_overlap: float = 0.3, progress: bool | None = None) -> Encoded:
+        """One encoding pass over ``data``: codes, typicality, empty cells, genes matched (for :meth:`call`).
 
-        Returns (expr, ScaledMatrix, n genes matched, empty-cell mask); encoding uses the chunked
-        path in :mod:`schash._stream` instead.
+        Parameters
+        ----------
+        {inputs}
         """
-        from ._stream import Source
+        progress = _args.progress(progress)
+        with Source(data, genes, layer) as src:
+            return self.encoder.run(src, batch_key=batch_key, chunk_size=chunk_size,
+                                    min_gene_overlap=min_gene_overlap, progress=progress,
+                                    keep_projected=self.ref_map is not None)
 
-        src = Source(data, genes, layer)
-        expr = src.chunk(0, src.n)
-        expr.obs = src.obs
-        F, present, _ = self.pre.features(expr, min_overlap=min_gene_overlap)
-        groups, mean, std = self.pre.query_stats(F, src.groups(batch_key)[0])
-        X = ScaledMatrix(F, groups, mean, std, present, self.pre.clip)
-        nnz = np.diff(F.indptr) if sparse.issparse(F) else (F != 0).sum(1)
-        return expr, X, int(present.sum()), np.asarray(nnz).reshape(-1) == 0
-
-    def _pass(self, data, *, genes=None, layer=None, batch_key=None, chunk_size=8192,
-              min_gene_overlap=0.3, progress=None) -> Encoded:
-        from ._stream import encode_pass
-
-        return encode_pass(self, data, genes=genes, layer=layer, batch_key=batch_key, chunk_size=chunk_size,
-                           min_gene_overlap=min_gene_overlap, progress=progress)
-
+    @_docs.inputs
     def encode(self, data, *, genes=None, layer=None, batch_key=None, chunk_size: int = 8192,
                progress: bool | None = None) -> np.ndarray:
-        """Packed hash codes of the cells in ``data``: uint8, ``n_cells × n_bits/8``."""
-        return self._pass(data, genes=genes, layer=layer, batch_key=batch_key, chunk_size=chunk_size,
-                          progress=progress).codes
+        """Packed hash codes of the cells in ``data``: uint8, ``n_cells × n_bits/8``.
+
+        Parameters
+        ----------
+        {inputs}
+        """
+        return self.encoded(data, genes=genes, layer=layer, batch_key=batch_key, chunk_size=chunk_size,
+                            progress=progress).codes
 
     # -- annotation --------------------------------------------------------------------------
-    def predict(self, data, *, genes=None, layer=None, method: str = "anchor", k: int = 15,
+    @_docs.inputs
+    def predict(self, data, *, genes=None, layer=None, method: Literal["anchor", "knn"] = "anchor", k: int = 15,
                 batch_key: str | None = None, chunk_size: int = 8192, progress: bool | None = None) -> pd.DataFrame:
         """Annotate the cells of ``data``; returns a DataFrame indexed by cell.
 
@@ -108,25 +117,27 @@ class SchashModel:
         cell is of the reference, a p-value in (0, 1]) and ``confidence`` in [0, 1]: the
         code's closeness to its anchor (``method="anchor"``) or the winning vote fraction
         among the ``k`` nearest reference cells (``method="knn"``), times ``min(1, typicality / 0.5)``.
-        ``progress=None`` shows bars only when stderr is an interactive terminal.
-        """
-        from ._annotate import _check_call_args
 
-        _check_call_args(self, method=method, k=k, chunk_size=chunk_size)  # before the work
-        enc = self._pass(data, genes=genes, layer=layer, batch_key=batch_key, chunk_size=chunk_size, progress=progress)
+        Parameters
+        ----------
+        {inputs}
+        method, k
+            Nearest anchor, or a vote among the ``k`` nearest reference cells (``"knn"``).
+        """
+        _args.call(len(self.ref_labels), method=method, k=k, chunk_size=chunk_size)  # before the work
+        enc = self.encoded(data, genes=genes, layer=layer, batch_key=batch_key, chunk_size=chunk_size,
+                           progress=progress)
         return self.call(enc, method=method, k=k)
 
-    def call(self, enc: Encoded, *, method: str = "anchor", k: int = 15) -> pd.DataFrame:
-        """Turn an :class:`Encoded` pass into labels (see :meth:`predict`)."""
-        from ._annotate import _check_call_args
-
-        _check_call_args(self, method=method, k=k)
+    def call(self, enc: Encoded, *, method: Literal["anchor", "knn"] = "anchor", k: int = 15) -> pd.DataFrame:
+        """Turn an :class:`~schash._encode.Encoded` pass into labels (see :meth:`predict`)."""
+        _args.call(len(self.ref_labels), method=method, k=k)
         best, dist, gap = _hamming.nearest_anchor(enc.codes, self.packed_anchors)
         half = max(min_pairwise_distance(self.anchors) / 2.0, 1.0)
         code_score = np.clip(1.0 - dist / half, 0.0, 1.0)
         if method == "knn":
             frac, _ = _hamming.knn_vote(enc.codes, self.ref_codes, self.ref_labels,
-                                             len(self.cell_types), k, self.n_bits)
+                                        len(self.cell_types), k, self.n_bits)
             best = frac.argmax(1)
             code_score = frac.max(1)
         labels = np.asarray(self.cell_types, dtype=object)[best]
@@ -134,8 +145,7 @@ class SchashModel:
         # less typical ones are scaled down in proportion (this ranks left-out types lowest
         # on the benchmark's held-out-type tasks; see bench/accuracy.py)
         confidence = code_score * np.minimum(1.0, enc.typicality / 0.5)
-        alpha = self.params.get("novelty_alpha", 0.02)
-        keep = (dist <= self.threshold) & (enc.typicality >= alpha) & ~enc.empty
+        keep = (dist <= self.threshold) & (enc.typicality >= self.novelty_alpha) & ~enc.empty
         labels = np.where(enc.empty, UNASSIGNED, labels)
         confidence = np.where(enc.empty, 0.0, confidence)
         cats = list(self.cell_types) + [UNASSIGNED]
@@ -152,6 +162,7 @@ class SchashModel:
         )
 
     # -- reference database ------------------------------------------------------------------
+    @_docs.inputs
     def neighbors(self, data, *, k: int = 15, genes=None, layer=None, batch_key=None,
                   progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest reference cells of each query cell by Hamming distance.
@@ -162,9 +173,11 @@ class SchashModel:
         that must not depend on that order, such as :meth:`composition`, weigh every tied
         cell equally instead.  Indices point into the reference database, whose labels and
         batches are ``model.reference_obs()``.
-        """
-        from . import _args
 
+        Parameters
+        ----------
+        {inputs}
+        """
         _args.neighbours("k", k, len(self.ref_labels))
         progress = _args.progress(progress)
         codes = self.encode(data, genes=genes, layer=layer, batch_key=batch_key, progress=progress)
@@ -179,8 +192,9 @@ class SchashModel:
             obs[key] = values
         return obs
 
+    @_docs.inputs
     def composition(self, data, *, by: str = "batch", k: int = 15, genes=None, layer=None, batch_key=None,
-                    _neighbors=None, _codes=None) -> pd.DataFrame:
+                    progress: bool | None = None) -> pd.DataFrame:
         """Fraction of each category of reference metadata ``by`` among each cell's ``k`` neighbours.
 
         A cells × categories DataFrame whose rows sum to 1 (``by`` is ``"cell_type"``, ``"batch"``
@@ -188,56 +202,57 @@ class SchashModel:
         fully; those tied at the k-th distance share the remaining weight equally, so the
         answer does not depend on the order of the reference cells (bench/neighbor_ties.py:
         as accurate as breaking ties at random, without the randomness).
-        ``_codes=(cells, packed codes)`` reuses an encoding pass; ``_neighbors=(cells, indices)``
-        counts given neighbour lists as they are.
+
+        Parameters
+        ----------
+        {inputs}
         """
+        self._reference_column(by)
+        _args.neighbours("k", k, len(self.ref_labels))
+        enc = self.encoded(data, genes=genes, layer=layer, batch_key=batch_key, progress=progress)
+        return self.composition_of_codes(enc.codes, by=by, k=k, cells=enc.cells)
+
+    def composition_of_codes(self, codes: np.ndarray, *, by: str = "batch", k: int = 15, cells=None) -> pd.DataFrame:
+        """:meth:`composition` for packed codes already computed (e.g. ``Encoded.codes``)."""
+        obs = self._reference_column(by)
+        cats = list(obs[by].cat.categories)
+        frac, _ = _hamming.knn_vote(codes, self.ref_codes, obs[by].cat.codes.to_numpy(), len(cats), k, self.n_bits)
+        return pd.DataFrame(frac, index=cells, columns=cats)
+
+    def _reference_column(self, by: str) -> pd.DataFrame:
         obs = self.reference_obs()
         if by not in obs:
             raise LabelKeyError(f"the reference database has no {by!r} column; it has {list(obs.columns)}")
-        cats = list(obs[by].cat.categories)
-        cat_codes = obs[by].cat.codes.to_numpy()
-        if _neighbors is not None:
-            expr_cells, idx = _neighbors
-            cat = cat_codes[idx]  # cells × k
-            counts = np.zeros((idx.shape[0], len(cats)))
-            np.add.at(counts, (np.repeat(np.arange(idx.shape[0]), idx.shape[1]), cat.ravel()), 1.0)
-            return pd.DataFrame(counts / idx.shape[1], index=expr_cells, columns=cats)
-        if _codes is not None:
-            expr_cells, codes = _codes
-        else:
-            expr_cells = extract(data, genes, layer=layer, check_values=False).cells
-            codes = self.encode(data, genes=genes, layer=layer, batch_key=batch_key)
-        frac, _ = _hamming.knn_vote(codes, self.ref_codes, cat_codes, len(cats), k, self.n_bits)
-        return pd.DataFrame(frac, index=expr_cells, columns=cats)
+        return obs
 
     def add_reference(self, data, labels=None, *, cell_type_key=None, batches=None, batch_key=None,
                       genes=None, layer=None) -> None:
         """Append newly labelled cells to the reference database, encoded with the trained network.
 
         No retraining: the new cells become neighbours for ``method="knn"``, ``neighbors``
-        and ``composition``.  Their cell types must be types the model knows.
+        and ``composition``.  Their cell types must be types the model knows.  ``data`` is
+        anything :meth:`predict` accepts; labels and batches are vectors or ``obs`` columns.
         """
-        from ._api import _column
-
-        expr = extract(data, genes, layer=layer)
-        y = _column(expr, labels, cell_type_key, "cell type")
-        if y is None:
-            raise InputError("add_reference needs labels= or cell_type_key=")
-        unknown = sorted(set(y) - set(self.cell_types))
-        if unknown:
-            raise InputError(f"cell types unknown to this model: {unknown[:5]}; it knows {self.cell_types}")
-        codes = self.encode(data, genes=genes, layer=layer)
+        with Source(data, genes, layer) as src:
+            y = src.column(cell_type_key, labels, "cell type")
+            if y is None:
+                raise InputError("add_reference needs labels= or cell_type_key=")
+            unknown = sorted(set(y) - set(self.cell_types))
+            if unknown:
+                raise InputError(f"cell types unknown to this model: {unknown[:5]}; it knows {self.cell_types}")
+            b = src.column(batch_key, batches, "batch")
+            extra = {key: (src.obs[key].astype(str).to_numpy() if src.obs is not None and key in src.obs
+                           else np.full(len(y), "unknown", dtype=object)) for key in self.ref_meta}
+            codes = self.encoder.run(src).codes
         new_labels = pd.Categorical(y, categories=self.cell_types).codes.astype(np.int64)
-        b = _column(expr, batches, batch_key, "batch")
+        # everything computed: now extend the database
         if self.ref_batches is not None or b is not None:
             old = (pd.Categorical.from_codes(self.ref_batches, self.batch_categories).astype(str)
                    if self.ref_batches is not None else np.full(len(self.ref_labels), "reference"))
             allb = pd.Categorical(np.concatenate([np.asarray(old, dtype=object),
                                                   b if b is not None else np.full(len(y), "added")]))
             self.ref_batches, self.batch_categories = allb.codes.astype(np.int64), [str(c) for c in allb.categories]
-        for key in list(self.ref_meta):  # more reference columns: from the new cells' obs where present
-            new = (expr.obs[key].astype(str).to_numpy() if expr.obs is not None and key in expr.obs
-                   else np.full(len(y), "unknown", dtype=object))
+        for key, new in extra.items():  # more reference columns: from the new cells' obs where present
             self.ref_meta[key] = pd.Categorical(np.concatenate([np.asarray(self.ref_meta[key], dtype=object), new]))
         self.ref_codes = np.concatenate([self.ref_codes, codes])
         self.ref_labels = np.concatenate([self.ref_labels, new_labels])
@@ -255,14 +270,10 @@ class SchashModel:
         """
         from . import _refmap
 
-        if coords is None:
-            obsm = getattr(data, "obsm", None)
-            if obsm is None or basis not in obsm:
-                have = list(obsm.keys()) if obsm is not None else []
-                raise InputError(f"no obsm[{basis!r}] in the reference; it has {have}. Pass coords= for a matrix")
-            coords = obsm[basis]
-        self.ref_map = _refmap.build(self, data, np.asarray(coords), basis=basis, genes=genes, layer=layer,
-                                     batch_key=batch_key, max_cells=max_cells, k=k, seed=seed)
+        coords = _refmap.check_coords(_refmap.coords_of(data, basis) if coords is None else coords)
+        with Source(data, genes, layer) as src:
+            enc = self.encoder.run(src, batch_key=batch_key, keep_projected=True)
+        self.ref_map = _refmap.build(enc, np.asarray(coords), basis=basis, max_cells=max_cells, k=k, seed=seed)
 
     def map_name(self) -> str | None:
         """The reference map's name without a leading ``X_`` (``"umap"``), or ``None``."""
@@ -275,29 +286,111 @@ class SchashModel:
         """Positions (cells × 2) of the cells of ``data`` on the reference map."""
         if self.ref_map is None:
             raise InputError("this model has no reference map; see set_reference_map()")
-        enc = self._pass(data, genes=genes, layer=layer, batch_key=batch_key)
-        return self.ref_map.place(enc.projected)
+        return self.ref_map.place(self.encoded(data, genes=genes, layer=layer, batch_key=batch_key).projected)
 
     # -- explanation -------------------------------------------------------------------------
-    def saliency(self, data, *, genes=None, layer=None, by="label", method: str = "gradient_x_input",
-                 batch_key: str | None = None) -> pd.DataFrame:
+    @_docs.inputs
+    def saliency(self, data, *, genes=None, layer=None, by="label",
+                 method: Literal["gradient_x_input", "gradient", "integrated_gradients"] = "gradient_x_input",
+                 batch_key: str | None = None, chunk_size: int = 2048) -> pd.DataFrame:
         """Gene saliency aggregated per group: a genes × groups DataFrame (mean over cells).
 
         For each cell, the attribution of the agreement between the network's output and
         the anchor of its assigned type to the (scaled) input genes: gradient × input
         (default), the plain ``"gradient"``, or ``"integrated_gradients"`` from the
-        average cell (see :mod:`schash._saliency`).  ``by="label"``
-        groups cells by their predicted type; pass an ``obs`` column name or a vector
-        to group by known labels or clusters instead.
+        average cell (see :mod:`schash._saliency`).  ``by="label"`` groups cells by their
+        predicted type; pass an ``obs`` column name or a vector to group by known labels or
+        clusters instead.  Computed a chunk at a time: memory is bounded by ``chunk_size``.
+
+        Parameters
+        ----------
+        {inputs}
         """
         from ._saliency import compute_saliency
 
         return compute_saliency(self, data, genes=genes, layer=layer, by=by, method=method,
-                                batch_key=batch_key).by_group
+                                batch_key=batch_key, chunk_size=chunk_size).by_group
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, path, *, overwrite: bool = False) -> None:
         """Write the model to one safetensors file (weights, tensors and JSON metadata; no pickle)."""
-        from ._io import save_model
+        from . import _io
 
-        save_model(self, path, overwrite=overwrite)
+        _io.check_writable(path, overwrite=overwrite)  # before the work of serialising
+        tensors, meta = self._state()
+        _io.write(path, tensors, meta, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path) -> SchashModel:
+        """Load a model saved by :meth:`save` (either language).
+
+        The file is read once; a file that is not a consistent schash model raises
+        :class:`~schash.ModelFileError` naming the problem.
+        """
+        from . import _io
+
+        meta, tensors = _io.read(path)
+        try:
+            return cls._from_state(tensors, meta)
+        except Exception as err:  # noqa: BLE001 - every check passed; still never let a bad file crash otherwise
+            raise ModelFileError(f"{path} could not be loaded ({type(err).__name__}: {err})") from None
+
+    def _state(self) -> tuple[dict, dict]:
+        """The model as the file holds it: tensors (name -> array) and JSON metadata."""
+        tensors = {f"net.{k}": v.detach().cpu().numpy() for k, v in self.module.state_dict().items()}
+        tensors.update(
+            anchors=self.anchors.astype(np.float32),
+            ref_mean=self.pre.ref_mean.astype(np.float32),
+            ref_std=self.pre.ref_std.astype(np.float32),
+            ref_codes=np.ascontiguousarray(self.ref_codes, dtype=np.uint8),
+            ref_labels=self.ref_labels.astype(np.int32),
+            **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self.novelty.to_tensors().items()},
+        )
+        if self.ref_batches is not None:
+            tensors["ref_batches"] = self.ref_batches.astype(np.int32)
+        for key, values in self.ref_meta.items():
+            tensors[f"ref_meta.{key}"] = np.asarray(values.codes, dtype=np.int32)
+        if self.ref_map is not None:
+            tensors.update(self.ref_map.to_tensors())
+        meta = {
+            "cell_types": list(self.cell_types),
+            "batch_categories": self.batch_categories,
+            "ref_meta_categories": {k: [str(c) for c in v.categories] for k, v in self.ref_meta.items()},
+            "threshold": int(self.threshold),
+            "module": self.module.config,
+            "preprocessing": self.pre.to_meta(),
+            "novelty_k": self.novelty.k,
+            "novelty_metric": self.novelty.metric,
+            "params": {**self.params, "novelty_alpha": float(self.novelty_alpha)},
+            "history": self.history,
+            "ref_map": self.ref_map.meta() if self.ref_map is not None else None,
+        }
+        return tensors, meta
+
+    @classmethod
+    def _from_state(cls, t: dict, meta: dict) -> SchashModel:
+        import torch
+
+        cfg = meta["module"]
+        module = HashMLP(cfg["n_genes"], cfg["n_bits"], tuple(cfg["hidden"]), cfg["dropout"])
+        module.load_state_dict({k[4:]: torch.from_numpy(v) for k, v in t.items() if k.startswith("net.")})
+        module.eval()
+        return cls(
+            module=module,
+            pre=Preprocessor.from_meta(meta["preprocessing"], t["ref_mean"], t["ref_std"]),
+            cell_types=list(meta["cell_types"]),
+            anchors=t["anchors"],
+            threshold=int(meta["threshold"]),
+            novelty=NoveltyScorer.from_tensors(t, k=int(meta["novelty_k"]),
+                                               metric=meta.get("novelty_metric", "euclidean")),
+            novelty_alpha=float(meta["params"].get("novelty_alpha", NOVELTY_ALPHA)),
+            ref_codes=t["ref_codes"],
+            ref_labels=t["ref_labels"].astype(np.int64),
+            params=meta["params"],
+            history=meta.get("history", {}),
+            ref_batches=t["ref_batches"].astype(np.int64) if "ref_batches" in t else None,
+            batch_categories=meta.get("batch_categories"),
+            ref_meta={k: pd.Categorical.from_codes(t[f"ref_meta.{k}"].astype(np.int64), cats)
+                      for k, cats in meta.get("ref_meta_categories", {}).items()},
+            ref_map=ReferenceMap.from_tensors(t, meta["ref_map"]) if meta.get("ref_map") else None,
+        )

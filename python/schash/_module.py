@@ -12,7 +12,8 @@ class HashMLP(nn.Module):
 
     def __init__(self, n_genes: int, n_bits: int, hidden: tuple[int, ...] = (128, 64), dropout: float = 0.2):
         super().__init__()
-        self.config = {"n_genes": int(n_genes), "n_bits": int(n_bits), "hidden": list(hidden), "dropout": float(dropout)}
+        self.config = {"n_genes": int(n_genes), "n_bits": int(n_bits), "hidden": list(hidden),
+                       "dropout": float(dropout)}
         layers: list[nn.Module] = []
         width = n_genes
         for h in hidden:
@@ -31,7 +32,7 @@ class HashMLP(nn.Module):
 
     @torch.no_grad()
     def logits_sparse(self, block) -> np.ndarray:
-        """Pre-tanh outputs for a :class:`~schash._preprocess.SparseScaled` block (inference only).
+        """Pre-tanh outputs for a :class:`~schash._scaled.Scaled` block (inference only).
 
         The first layer is applied to the sparse data directly, the rest as usual.
         """

@@ -51,7 +51,7 @@ class NoveltyScorer:
     def project(self, rows) -> np.ndarray:
         """PCA coordinates plus, as the last column, the norm of the residual off the PCA subspace.
 
-        ``rows`` is a dense array of standardised rows or a :class:`SparseScaled` block.
+        ``rows`` is a dense array of standardised rows or a :class:`~schash._scaled.Scaled` block.
         The residual is ``sqrt(||z - center||^2 - ||coords||^2)`` (the components are orthonormal).
         """
         if isinstance(rows, np.ndarray):
@@ -103,7 +103,7 @@ class NoveltyScorer:
         return t
 
     @classmethod
-    def from_tensors(cls, t: dict, k: int, metric: str = "euclidean") -> "NoveltyScorer":
+    def from_tensors(cls, t: dict, k: int, metric: str = "euclidean") -> NoveltyScorer:
         return cls(t["novelty.components"], t["novelty.center"], t["novelty.bank"], t["novelty.calibration"],
                    t.get("novelty.margin_calibration"), k=k, metric=metric)
 
@@ -155,7 +155,7 @@ def _stratified(idx: np.ndarray, y: np.ndarray, size: int, rng) -> np.ndarray:
         return idx
     out = []
     types, counts = np.unique(y[idx], return_counts=True)
-    for t, c in zip(types, counts):
+    for t, c in zip(types, counts, strict=True):
         members = idx[y[idx] == t]
         take = min(c, max(50, int(round(size * c / len(idx)))))
         out.append(rng.choice(members, take, replace=False))

@@ -18,18 +18,18 @@ every dataset (see ``bench/accuracy.py``):
 
 from __future__ import annotations
 
-import functools
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy import sparse
 
-from ._data import Expr, align_genes, column_stats, column_sums, detect_kind, log_normalise, stats_from_sums
-from ._errors import InputError
+from ._data import Expr
+from ._errors import GeneOverlapError, InputError
 from ._logging import logger
+from ._scaled import Scaled, column_stats, column_sums, stats_from_sums
+from ._values import detect_kind, log_normalise
 
 TRANSFORMS = ("log", "rank")
 SCALES = ("batch", "reference")
@@ -75,6 +75,42 @@ def select_genes(X_log, genes: pd.Index, n_top_genes: int, batches: np.ndarray |
     return genes[np.asarray(hv["highly_variable"], dtype=bool)]
 
 
+def align_genes(X, genes: pd.Index, target: pd.Index, *, min_overlap: float = 0.3, what: str = "query",
+                report: bool = True):
+    """Reorder the columns of ``X`` to ``target``; missing genes become zero columns.
+
+    Reports how many genes matched; raises :class:`GeneOverlapError` below ``min_overlap``.
+    """
+    if genes.equals(target):  # already the model's genes in the model's order
+        return X, len(target)
+    src = genes.get_indexer(target)
+    present = src >= 0
+    n_match = int(present.sum())
+    frac = n_match / len(target)
+    if frac < min_overlap:
+        raise GeneOverlapError(
+            f"only {n_match} of the model's {len(target)} genes ({frac:.0%}) are in the {what} "
+            f"(needed: {min_overlap:.0%}); e.g. missing: {list(target[~present][:5])}. Check that the "
+            "query uses the same gene identifiers as the reference (symbols vs Ensembl IDs) and is cells × genes"
+        )
+    if n_match < len(target) and report:
+        msg = (
+            f"{n_match} of {len(target)} model genes found in the {what}; "
+            f"{len(target) - n_match} missing genes (e.g. {list(target[~present][:5])}) are set to zero"
+        )
+        warnings.warn(msg, UserWarning, stacklevel=3)
+        logger.info(msg)
+    if sparse.issparse(X):
+        sel = sparse.csr_matrix(
+            (np.ones(n_match, dtype=np.float32), (src[present], np.flatnonzero(present))),
+            shape=(X.shape[1], len(target)),
+        )
+        return sparse.csr_matrix(X @ sel), n_match
+    out = np.zeros((X.shape[0], len(target)), dtype=np.float32)
+    out[:, present] = X[:, src[present]]
+    return out, n_match
+
+
 @dataclass
 class Preprocessor:
     """The fitted preprocessing of a model; see the module docstring for ``transform`` and ``scale``."""
@@ -88,8 +124,7 @@ class Preprocessor:
     min_cells_own_scaling: int = 50
     clip: float = 10.0
     std_floor: float = 1e-2
-    input_kind: str = "log"
-    extra: dict = field(default_factory=dict)
+    input_kind: str = "log"  # what the reference held; the reference database is encoded as such
 
     def features(self, expr: Expr, *, kind: str | None = None, min_overlap: float = 0.3, what: str = "query",
                  report: bool = True):
@@ -139,41 +174,21 @@ class Preprocessor:
         }
 
     @classmethod
-    def from_meta(cls, meta: dict, ref_mean: np.ndarray, ref_std: np.ndarray) -> "Preprocessor":
+    def from_meta(cls, meta: dict, ref_mean: np.ndarray, ref_std: np.ndarray) -> Preprocessor:
         meta = dict(meta)
         genes = pd.Index(meta.pop("genes"))
         return cls(genes=genes, ref_mean=ref_mean, ref_std=ref_std, **meta)
 
 
-class ScaledMatrix:
-    """Rows of standardised features, made dense one block at a time so memory stays bounded."""
-
-    def __init__(self, F, groups, mean, std, present, clip):
-        self.F = F if not sparse.issparse(F) else sparse.csr_matrix(F)
-        self.groups, self.mean, self.std = groups, mean, std
-        self.present, self.clip = present, clip
-
-    @property
-    def shape(self):
-        return self.F.shape
-
-    def rows(self, idx) -> np.ndarray:
-        block = self.F[idx]
-        block = block.toarray() if sparse.issparse(block) else np.array(block, dtype=np.float32)
-        g = self.groups[idx]
-        out = (block - self.mean[g]) / self.std[g]
-        np.clip(out, -self.clip, self.clip, out=out)
-        out[:, ~self.present] = 0.0
-        return out.astype(np.float32, copy=False)
-
-
-def fit_preprocessor(expr: Expr, *, n_top_genes, batches, transform, scale, target_sum=1e4, layer_kind=None):
-    """Fit the preprocessing on the reference; returns the preprocessor and the reference's scaled matrix."""
+def fit_preprocessor(expr: Expr, *, n_top_genes, batches, transform, scale,
+                     target_sum=1e4) -> tuple[Preprocessor, Scaled]:
+    """Fit the preprocessing on the reference; returns the preprocessor and the reference's scaled rows
+    (scaled as the network sees them: per batch under ``scale="batch"``)."""
     if transform not in TRANSFORMS:
         raise InputError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
     if scale not in SCALES:
         raise InputError(f"scale must be one of {SCALES}, got {scale!r}")
-    kind = layer_kind or detect_kind(expr.X)
+    kind = detect_kind(expr.X)
     X_log = log_normalise(expr.X, kind, target_sum)
     genes = select_genes(X_log, expr.genes, n_top_genes, batches)
     F, _ = align_genes(X_log, expr.genes, genes, what="reference")
@@ -191,79 +206,4 @@ def fit_preprocessor(expr: Expr, *, n_top_genes, batches, transform, scale, targ
         groups, mean, std = pre.query_stats(F, None) if scale == "batch" else (
             np.zeros(F.shape[0], dtype=np.int64), pre.ref_mean[None], pre.ref_std[None])
     present = np.ones(len(genes), dtype=bool)
-    return pre, ScaledMatrix(F, groups, mean, std, present, pre.clip)
-
-
-def _row_sums(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
-    """Sum of ``values`` within each CSR row (empty rows give 0), in one pass."""
-    if len(values) == 0:
-        return np.zeros(len(indptr) - 1)
-    starts = np.minimum(indptr[:-1], len(values) - 1)
-    sums = np.add.reduceat(values, starts, dtype=np.float64)
-    sums[indptr[:-1] == indptr[1:]] = 0.0
-    return sums
-
-
-class SparseScaled:
-    """Linear maps of standardised rows without making the rows dense.
-
-    A standardised row is ``z = clip((x - mean_g) / std_g)`` with zeros for genes the
-    query lacks.  Where ``x`` is 0, ``z`` equals a per-group constant ``b_g``; so
-    ``W z = W b_g + W (z - b_g)``, and ``z - b_g`` is as sparse as ``x``.  Clipping is
-    applied to every value, so the result equals the dense computation up to float
-    rounding, at a fraction of the cost for sparse single-cell data.
-    """
-
-    def __init__(self, F, groups, mean, std, present, clip, structure=None):
-        F = sparse.csr_matrix(F, dtype=np.float32)
-        self.groups, self.shape = groups, F.shape
-        base = np.clip(-mean / std, -clip, clip).astype(np.float32)
-        base[:, ~present] = 0.0
-        self.base = base  # n_groups × genes
-        cols = F.indices
-        self._indptr = F.indptr
-        inv_sd, shift = (1.0 / std).astype(np.float32), (mean / std).astype(np.float32)
-        if mean.shape[0] == 1:  # one group: plain 1-d gathers are much faster than 2-d ones
-            a, c = inv_sd[0][cols], shift[0][cols]
-        else:
-            g = groups[self.rows]
-            a, c = inv_sd[g, cols], shift[g, cols]
-        z = np.clip(F.data * a - c, -clip, clip)
-        b = np.clip(-c, -clip, clip)  # the value of z where x is 0
-        if not present.all():
-            missing = ~present[cols]
-            z[missing], b[missing] = 0.0, 0.0
-        self.z_nz = z.astype(np.float32, copy=False)
-        self.delta_data = self.z_nz - b
-        self._cols, self._b = cols, b
-        # torch's view of the sparsity pattern (int32, no copy); blocks over the same rows share it
-        self.structure = structure or (torch.from_numpy(F.indptr.astype(np.int32, copy=False)),
-                                       torch.from_numpy(cols.astype(np.int32, copy=False)))
-
-    @functools.cached_property
-    def rows(self) -> np.ndarray:
-        """Row index of every stored value."""
-        return np.repeat(np.arange(self.shape[0]), np.diff(self._indptr))
-
-    def linear(self, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-        """``z @ weight.T + bias`` for every row (weight: out × genes).
-
-        The sparse product runs in torch (CSR × dense uses every core; SciPy's uses one).
-        """
-        const = self.base @ weight.T
-        if bias is not None:
-            const = const + bias
-        crow, col = self.structure
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch calls its sparse CSR support "beta"
-            t = torch.sparse_csr_tensor(crow, col, torch.from_numpy(self.delta_data), size=self.shape)
-            prod = (t @ torch.from_numpy(np.ascontiguousarray(weight.T, dtype=np.float32))).numpy()
-        return prod + const[self.groups].astype(np.float32)
-
-    def sq_dist(self, center: np.ndarray) -> np.ndarray:
-        """``||z - center||^2`` for every row."""
-        bc = self.base - center
-        const = (bc * bc).sum(1)
-        zc = self.z_nz - center[self._cols]
-        bcc = self._b - center[self._cols]
-        return const[self.groups] + _row_sums(zc * zc - bcc * bcc, self._indptr)
+    return pre, Scaled(F, groups, mean, std, present, pre.clip)

@@ -44,23 +44,34 @@ class ReferenceMap:
         return cls(str(meta["basis"]), t["ref_map.bank"], t["ref_map.coords"], int(meta.get("k", 10)))
 
 
-def build(model, data, coords, *, basis: str, genes=None, layer=None, batch_key=None, max_cells: int = 20000,
-          k: int = 10, seed: int = 0) -> ReferenceMap:
-    """A :class:`ReferenceMap` from reference cells ``data`` and their 2-D positions ``coords`` (cells × 2)."""
+def coords_of(data, basis: str) -> np.ndarray:
+    """``data.obsm[basis]``, or an error naming the embeddings it has."""
+    obsm = getattr(data, "obsm", None)
+    if obsm is None or basis not in obsm:
+        have = list(obsm.keys()) if obsm is not None else []
+        raise InputError(f"no obsm[{basis!r}] in the reference; it has {have}. Pass coords= for a matrix")
+    return np.asarray(obsm[basis])
+
+
+def check_coords(coords, n_cells: int | None = None) -> np.ndarray:
+    """2-D positions (the first two columns), one row per cell."""
     coords = np.asarray(coords, dtype=np.float64)
     if coords.ndim != 2 or coords.shape[1] < 2:
         raise InputError(f"the reference map needs 2-D coordinates (cells × 2), got shape {coords.shape}")
-    coords = coords[:, :2]
-    from ._stream import encode_pass
+    if n_cells is not None and coords.shape[0] != n_cells:
+        raise InputError(f"{coords.shape[0]} map positions for {n_cells} reference cells")
+    return coords[:, :2]
 
-    enc = encode_pass(model, data, genes=genes, layer=layer, batch_key=batch_key, keep_projected=True)
-    if coords.shape[0] != len(enc.cells):
-        raise InputError(f"{coords.shape[0]} map positions for {len(enc.cells)} reference cells")
+
+def build(enc, coords, *, basis: str, max_cells: int = 20000, k: int = 10, seed: int = 0) -> ReferenceMap:
+    """A :class:`ReferenceMap` from an encoding pass over reference cells (``enc``, with its PCA
+    coordinates ``enc.projected``) and their 2-D positions ``coords`` (cells × 2)."""
+    coords = check_coords(coords, len(enc.cells))
     ok = np.flatnonzero(np.isfinite(coords).all(axis=1) & ~enc.empty)
     if len(ok) == 0:
         raise InputError("no reference cell has finite map coordinates and expression")
     if len(ok) > max_cells:
         ok = np.sort(np.random.default_rng(seed).choice(ok, max_cells, replace=False))
-    n_comps = model.novelty.components.shape[0]
+    n_comps = enc.projected.shape[1] - 1  # the last column is the residual norm
     return ReferenceMap(basis=str(basis), bank=enc.projected[ok, :n_comps].astype(np.float32),
                         coords=coords[ok].astype(np.float32), k=int(k))

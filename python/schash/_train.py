@@ -1,292 +1,274 @@
-"""The training loop: class-balanced BCE toward each type's anchor plus a quantisation loss.
+"""``train``: a schash model from a labelled reference.
 
-Plain PyTorch.  Hyper-parameters that depend on the data size (batch size, number of
-epochs, patience) are chosen from it unless given.  Early stopping keeps the weights
-with the best macro F1 of nearest-anchor calls on a stratified validation split.
+The reference is read through the one input layer (:class:`schash._data.Source`): only the
+training cells are held in memory (all, or ``max_cells_per_type`` of each type), the network
+is trained on them (:mod:`schash._loop`), and the reference database — the code of every
+reference cell — is encoded by the one encoder (:mod:`schash._encode`), a chunk at a time.
+The model is built once, complete.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+import warnings
+from typing import Literal
 
 import numpy as np
-import torch
-from sklearn.metrics import f1_score
-from sklearn.model_selection import train_test_split
+import pandas as pd
 
+from . import _args, _hamming, _refmap
+from ._anchors import make_anchors
+from ._data import Source
+from ._encode import Encoder
+from ._errors import InputError
 from ._logging import logger
-from ._module import HashMLP
+from ._loop import TrainConfig, calibration_rows, train_network
+from ._model import NOVELTY_ALPHA, SchashModel
+from ._novelty import fit_novelty
+from ._preprocess import SCALES, TRANSFORMS, fit_preprocessor
 
 
-@dataclass
-class TrainConfig:
-    hidden: tuple[int, ...] = (128, 64)
-    dropout: float = 0.2
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int | None = None
-    max_epochs: int | None = None
-    patience: int | None = None
-    val_fraction: float = 0.1
-    beta: float = 0.9999
-    quant_weight: float = 0.1
-    target_steps: int = 4000
-    f1_tolerance: float = 0.01
-    min_epochs: int = 10
-    warmup_epochs: int = 5
-    num_threads: int | None = None
-    dense_limit_bytes: int = 1 << 30
-    # augmentation that imitates technology shifts (log-expression inputs only); 0 turns a part off
-    augment: float = 0.0  # fraction of training cells augmented in each epoch
-    aug_gene_sd: float = 0.5  # SD of the gene-wise log factor (capture efficiency of each gene)
-    aug_cell_sd: float = 0.2  # SD of the cell-wise log factor (share of the library on the model's genes)
-    aug_dropout: float = 0.3  # largest fraction of a cell's non-zero values set to zero
+def _check_train_args(a: dict) -> None:
+    """Every argument of :func:`train` that is not data, before anything is read."""
+    _args.whole("n_bits", a["n_bits"], minimum=8)
+    if a["n_bits"] % 8:
+        raise InputError(f"n_bits must be a multiple of 8 (got {a['n_bits']}); 64 is the default")
+    _args.whole("n_top_genes", a["n_top_genes"], none_ok=True, hint=" (None: all genes)")
+    _args.choice("transform", a["transform"], TRANSFORMS)
+    _args.choice("scale", a["scale"], SCALES)
+    _args.whole("min_cells_per_type", a["min_cells_per_type"])
+    _args.whole("max_cells_per_type", a["max_cells_per_type"], none_ok=True, hint=" (None: every cell)")
+    _args.whole("batch_size", a["batch_size"], none_ok=True, hint=" (None: chosen from the data size)")
+    _args.whole("max_epochs", a["max_epochs"], none_ok=True, hint=" (None: chosen from the data size)")
+    _args.whole("num_threads", a["num_threads"], none_ok=True)
+    _args.whole("seed", a["seed"], minimum=0)
+    hidden = a["hidden"]
+    if not isinstance(hidden, (tuple, list)):
+        raise InputError(f"hidden must be a tuple of layer widths like (128, 64), got {hidden!r}")
+    for width in hidden:
+        _args.whole("each hidden layer width", width)
+    _args.number("dropout", a["dropout"], lo=0, hi=1, hi_open=True)
+    _args.number("augment", a["augment"], lo=0, hi=1)
+    _args.number("lr", a["lr"], lo=0, lo_open=True)
+    _args.number("prune_quantile", a["prune_quantile"], lo=0, hi=1)
+    _args.number("novelty_alpha", a["novelty_alpha"], lo=0, hi=1)
+    _check_device(a["device"])
+    keys = a["reference_keys"]
+    if keys is not None and (isinstance(keys, str) or not all(isinstance(k, str) for k in keys)):
+        raise InputError(f"reference_keys must be a list of obs column names, got {keys!r}")
 
 
-def resolve_device(device: str) -> torch.device:
+def train(
+    data,
+    labels=None,
+    *,
+    genes=None,
+    cell_type_key: str | None = None,
+    batch_key: str | None = None,
+    batches=None,
+    layer: str | None = None,
+    n_bits: int = 64,
+    n_top_genes: int | None = 2000,
+    transform: Literal["log", "rank"] = "log",
+    scale: Literal["reference", "batch"] = "reference",
+    min_cells_per_type: int = 1,
+    max_cells_per_type: int | None = None,
+    reference_keys: list[str] | None = None,
+    hidden: tuple[int, ...] = (128, 64),
+    dropout: float = 0.2,
+    lr: float = 1e-3,
+    batch_size: int | None = None,
+    max_epochs: int | None = None,
+    augment: float = 0.8,
+    basis: str | None = None,
+    prune_quantile: float = 0.99,
+    novelty_alpha: float = NOVELTY_ALPHA,
+    seed: int = 0,
+    device: Literal["auto", "cpu", "cuda"] | str = "auto",
+    num_threads: int | None = None,
+    progress: bool | None = None,
+) -> SchashModel:
+    """Train a schash model on a labelled reference.
+
+    Parameters
+    ----------
+    data
+        AnnData (``X`` or ``layer=``), a cells × genes DataFrame, a cells × genes
+        array / sparse matrix with ``genes=``, or the path of an ``.h5ad`` file, which is
+        read backed: only the training cells are loaded, and the database is encoded in chunks.
+        Raw counts or log-normalised values
+        (detected); counts are library-size normalised and log1p-transformed.
+    labels, cell_type_key
+        The cell types: a vector, or the name of an ``obs`` column.
+    batches, batch_key
+        Optional batches (vector or ``obs`` column): gene selection is batch-aware and, with
+        ``scale="batch"``, every batch is standardised on its own.
+    n_bits
+        Length K of the hash codes (a multiple of 8; a power of two gives Hadamard anchors).
+    n_top_genes
+        Number of highly variable genes the model uses (``None``: all genes).
+    transform, scale
+        Input transform (``"log"``, ``"rank"``) and scaling (``"reference"``, ``"batch"``);
+        see :mod:`schash._preprocess`.  The default ``scale="reference"`` makes every call
+        depend on that cell alone; ``scale="batch"`` standardises each query (or each
+        ``batch_key`` group of it) on itself, which fails on a query of one cell type.
+    augment
+        Fraction of training cells given a technology-like perturbation in each epoch (a
+        random factor per gene and per cell and the loss of some non-zero values, on the
+        log scale; see :func:`schash._train.augment`), so that the network cannot rely on one
+        technology's quirks; novelty is calibrated on cells perturbed the same way.  ``0``
+        turns it off.  Measured in ``bench/accuracy.py`` (``schash-noaug``).
+    min_cells_per_type
+        Types with fewer reference cells are dropped with a warning.  The default keeps every
+        type: a type with a handful of cells is still learnt (class-balanced loss, never in the
+        validation split below 3 cells), where dropping it makes all its query cells wrong.
+    basis
+        An ``obsm`` key of the reference's 2-D embedding (``"X_umap"``): the model keeps it as a
+        reference map, and :func:`annotate` places query cells on it (``obsm["X_schash_umap"]``;
+        see :meth:`SchashModel.set_reference_map`).
+    max_cells_per_type
+        Train on at most this many cells of each type (a random subsample); the reference
+        database still holds the codes of every cell.  For atlases of millions of cells.
+    reference_keys
+        More ``obs`` columns (besides cell type and batch) to keep for every reference cell in
+        the model's database, for :meth:`SchashModel.composition` and ``reference_obs()``.
+    prune_quantile
+        Held-out reference cells' anchor distances at this quantile set the distance
+        beyond which a call is ``Unassigned``.
+    novelty_alpha
+        Calls whose typicality (p-value) is below this are ``Unassigned``.  Chosen on the
+        cross-batch left-out-type tasks of ``bench/accuracy.py`` (see its report): the
+        targets are at least half of the cells of a type missing from the reference
+        Unassigned and at most 5% of known-type cells.  ``confidence`` ranks the rest.
+    seed, device, num_threads, progress
+        Random seed (same seed, CPU and thread count give the same model),
+        ``"auto"``/``"cpu"``/``"cuda"``, torch CPU threads while training (``None``: one
+        thread for small networks, torch's default otherwise), and whether to show
+        progress bars (``None``: only when stderr is an interactive terminal).
+
+    Returns
+    -------
+    A :class:`SchashModel`; ``model.history`` holds the per-epoch losses and validation scores.
+    """
+    _check_train_args(locals())
+    progress = _args.progress(progress)
+    coords = None
+    if basis is not None:
+        obsm = getattr(data, "obsm", None)
+        if obsm is None or basis not in obsm:
+            raise InputError(f"basis={basis!r} names no obsm entry of the reference" + (
+                f"; it has {list(obsm.keys())}" if obsm is not None else
+                " (it is not an in-memory AnnData): load it, or call model.set_reference_map() later"))
+        coords = _refmap.check_coords(obsm[basis])
+    with Source(data, genes, layer) as src:
+        y_all = src.column(cell_type_key, labels, "cell type")
+        if y_all is None:
+            raise InputError("no cell types given: pass labels= (a vector) or cell_type_key= (an obs column)")
+        b_all = src.column(batch_key, batches, "batch")
+        extra = {key: src.column(key, None, "reference") for key in reference_keys or ()}
+        # the network trains on these cells, held in memory; the database holds every cell
+        idx = _training_cells(y_all, max_cells_per_type, seed)
+        expr = src.subset(idx)
+        keep = _usable_cells(expr.X, y_all[idx], min_cells_per_type)
+        if not keep.all():
+            idx = idx[keep]
+            expr = src.subset(idx)
+        y_str, b_str = y_all[idx], (b_all[idx] if b_all is not None else None)
+        types = sorted(set(y_str))
+        y = pd.Categorical(y_str, categories=types).codes.astype(np.int64)
+        pre, X = fit_preprocessor(expr, n_top_genes=n_top_genes, batches=b_str, transform=transform, scale=scale)
+        del expr
+        anchors = make_anchors(len(types), n_bits, seed)
+        cfg = TrainConfig(hidden=tuple(hidden), dropout=dropout, lr=lr, batch_size=batch_size,
+                          max_epochs=max_epochs, num_threads=num_threads, augment=augment)
+        log_scale = transform == "log"
+        module, history, val_idx = train_network(X, y, anchors, cfg=cfg, seed=seed, device=device,
+                                                 progress=progress, log_scale=log_scale)
+        _, val_dist, _ = _hamming.nearest_anchor(Encoder(pre, module, anchors).codes(X.take(val_idx)),
+                                                 _hamming.pack(anchors))
+        threshold = int(np.clip(np.ceil(np.quantile(val_dist, prune_quantile)), n_bits // 8, n_bits // 4 - 1))
+        X_ref = X.restat(np.zeros(len(y), dtype=np.int64), pre.ref_mean[None], pre.ref_std[None])
+        novelty = fit_novelty(X_ref, y, np.setdiff1d(np.arange(len(y)), val_idx), seed=seed, anchors=anchors,
+                              calibration_rows=calibration_rows(X_ref, cfg, log_scale, seed),
+                              logits=module.logits_dense,
+                              margin_rows=calibration_rows(X, cfg, log_scale, seed) if scale == "batch" else None)
+        del X, X_ref
+        # the reference database: every reference cell of a known type with expression, encoded
+        # as queries are (reference batches scaled on their own under scale="batch")
+        groups = pd.factorize(pd.Series(b_all))[0].astype(np.int64) if b_all is not None else None
+        enc = Encoder(pre, module, anchors, novelty).run(src, groups=groups, kind=pre.input_kind, progress=progress,
+                                                         keep_projected=coords is not None)
+    in_db = np.isin(y_all, types) & ~enc.empty
+    ref_batches = batch_categories = None
+    if b_all is not None:
+        bc = pd.Categorical(b_all[in_db])
+        ref_batches, batch_categories = bc.codes.astype(np.int64), [str(c) for c in bc.categories]
+    params = dict(n_bits=n_bits, n_top_genes=n_top_genes, transform=transform, scale=scale, seed=seed,
+                  min_cells_per_type=min_cells_per_type, hidden=list(hidden), dropout=dropout, lr=lr,
+                  prune_quantile=prune_quantile, novelty_alpha=novelty_alpha, cell_type_key=cell_type_key,
+                  batch_key=batch_key, layer=layer, n_training_cells=int(len(y)),
+                  max_cells_per_type=max_cells_per_type, augment=float(augment),
+                  n_reference_cells=int(in_db.sum()))
+    logger.info("trained: %d types, %d genes, validation macro F1 %.3f", len(types), len(pre.genes),
+                history["best_val_macro_f1"])
+    return SchashModel(
+        module=module, pre=pre, cell_types=types, anchors=anchors, threshold=threshold, novelty=novelty,
+        novelty_alpha=float(novelty_alpha),
+        ref_codes=enc.codes[in_db],
+        ref_labels=pd.Categorical(y_all[in_db], categories=types).codes.astype(np.int64),
+        ref_batches=ref_batches, batch_categories=batch_categories,
+        ref_meta={key: pd.Categorical(values[in_db]) for key, values in extra.items()},
+        ref_map=_refmap.build(enc, coords, basis=basis, seed=seed) if coords is not None else None,
+        params=params, history=history,
+    )
+
+
+def _check_device(device) -> None:
+    import torch
+
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"device must be 'auto', 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device={device!r} but this torch has no usable CUDA GPU; use device='cpu' or 'auto'")
 
 
-def class_weights(y: np.ndarray, n_types: int, beta: float) -> np.ndarray:
-    """Effective-number class weights (Cui et al. 2019), normalised to sum to ``n_types``."""
-    n = np.bincount(y, minlength=n_types).astype(np.float64)
-    eff = (1.0 - np.power(beta, n)) / (1.0 - beta)
-    w = np.where(n > 0, 1.0 / np.maximum(eff, 1e-12), 0.0)
-    return (w / w.sum() * n_types).astype(np.float32)
-
-
-def sizes_from_data(n_train: int, cfg: TrainConfig) -> tuple[int, int, int]:
-    """Batch size, maximum epochs and patience for ``n_train`` cells."""
-    bs = cfg.batch_size or int(np.clip(2 ** round(math.log2(max(n_train, 1) / 20)), 32, 512))
-    steps = math.ceil(n_train / bs)
-    epochs = cfg.max_epochs or int(np.clip(math.ceil(cfg.target_steps / steps), 5, 60))
-    patience = cfg.patience or int(np.clip(epochs // 5, 3, 15))
-    return bs, epochs, patience
-
-
-def split(y: np.ndarray, fraction: float, seed: int, min_cells: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified train/validation indices: one validation cell or more of each type that has at
-    least ``min_cells`` cells; rarer types are kept whole for training."""
-    idx = np.arange(len(y))
-    types, counts = np.unique(y, return_counts=True)
-    pool = idx[np.isin(y, types[counts >= min_cells])]
-    n_types = int((counts >= min_cells).sum())
-    if n_types < 2:  # too few cells to validate by type: a plain random split
-        rng = np.random.default_rng(seed)
-        va = rng.choice(idx, max(1, int(round(fraction * len(y)))), replace=False)
-        return np.setdiff1d(idx, va), np.sort(va)
-    n_val = min(max(int(round(fraction * len(pool))), n_types), len(pool) - n_types)
-    tr, va = train_test_split(pool, test_size=n_val, stratify=y[pool], random_state=seed)
-    return np.sort(np.concatenate([tr, idx[~np.isin(idx, pool)]])), np.sort(va)
-
-
-def predict_anchor(out: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-    """Nearest anchor of the sign code (max inner product of ±1 codes = min Hamming distance)."""
-    code = torch.where(out > 0, 1.0, -1.0)
-    return (code @ anchors.T).argmax(1)
-
-
-class _Rows:
-    """Training rows: transformed features, augmented (optionally) and then standardised per group.
-
-    Held dense in torch when small (``dense_limit_bytes``), else made dense a batch at a time.
-    Augmentation acts on the log scale before standardisation, as a technology would: a
-    gene-wise factor (each gene's capture efficiency), a cell-wise factor and the loss of
-    some non-zero values; zeros stay zeros.
-    """
-
-    def __init__(self, X, cfg: TrainConfig, log_scale: bool):
-        from scipy import sparse
-
-        F = X.F
-        self.cfg, self.log_scale = cfg, log_scale
-        self.augmenting = cfg.augment > 0 and log_scale
-        # sparse rows are augmented on their non-zero values only (zeros stay zeros), then made dense
-        self.csr = sparse.csr_matrix(F, dtype=np.float32) if sparse.issparse(F) and self.augmenting else None
-        self.F = F
-        self.dense = None
-        if self.csr is None and F.shape[0] * F.shape[1] * 4 <= cfg.dense_limit_bytes:
-            self.dense = torch.from_numpy(np.asarray(F.toarray() if sparse.issparse(F) else F, dtype=np.float32))
-        self.mean = torch.from_numpy(np.asarray(X.mean, dtype=np.float32))
-        self.std = torch.from_numpy(np.asarray(X.std, dtype=np.float32))
-        self.groups = torch.from_numpy(np.asarray(X.groups, dtype=np.int64))
-        self.clip = float(X.clip)
-
-    def get(self, b: np.ndarray, gen: torch.Generator | None = None) -> torch.Tensor:
-        from scipy import sparse
-
-        tb = torch.from_numpy(b)
-        if self.csr is not None:
-            block = self.csr[b]
-            row_of = torch.from_numpy(np.repeat(np.arange(len(b)), np.diff(block.indptr)))
-            values = torch.from_numpy(block.data.copy())
-            if gen is not None:
-                values = augment_values(values, row_of, len(b), self.cfg, gen)
-            x = torch.zeros(len(b), block.shape[1])
-            x.index_put_((row_of, torch.from_numpy(block.indices.astype(np.int64))), values, accumulate=True)
-        elif self.dense is not None:
-            x = self.dense[tb]
-        else:
-            block = self.F[b]
-            x = torch.from_numpy(np.asarray(block.toarray() if sparse.issparse(block) else block, dtype=np.float32))
-        if gen is not None and self.augmenting and self.csr is None:
-            x = augment(x, self.cfg, gen)
-        g = self.groups[tb]
-        return ((x - self.mean[g]) / self.std[g]).clamp_(-self.clip, self.clip)
-
-
-def augment_values(values: torch.Tensor, row_of: torch.Tensor, n: int, cfg: TrainConfig,
-                   gen: torch.Generator) -> torch.Tensor:
-    """:func:`augment` applied to the non-zero values of ``n`` sparse rows (``row_of``: each value's row).
-
-    The same perturbation in distribution as on dense rows (zeros are untouched there too),
-    at the cost of the non-zeros only.
-    """
-    k = len(values)
-    lin = torch.expm1(values)
-    log_f = torch.randn(k, generator=gen) * cfg.aug_gene_sd + (torch.randn(n, generator=gen) * cfg.aug_cell_sd)[row_of]
-    lin = lin * torch.exp(log_f)
-    if cfg.aug_dropout > 0:
-        rate = torch.rand(n, generator=gen) * cfg.aug_dropout
-        lin = lin * (torch.rand(k, generator=gen) >= rate[row_of])
-    chosen = (torch.rand(n, generator=gen) < cfg.augment)[row_of]
-    return torch.where(chosen, torch.log1p(lin), values)
-
-
-def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """Technology-like perturbation of log1p-scale rows (see :class:`_Rows`)."""
-    n, g = x.shape
-    lin = torch.expm1(x)
-    log_f = torch.randn(n, g, generator=gen) * cfg.aug_gene_sd + torch.randn(n, 1, generator=gen) * cfg.aug_cell_sd
-    lin = lin * torch.exp(log_f)
-    if cfg.aug_dropout > 0:
-        rate = torch.rand(n, 1, generator=gen) * cfg.aug_dropout
-        lin = lin * (torch.rand(n, g, generator=gen) >= rate)
-    chosen = torch.rand(n, 1, generator=gen) < cfg.augment
-    return torch.where(chosen, torch.log1p(lin), x)
-
-
-def calibration_rows(X, cfg: TrainConfig, log_scale: bool, seed: int):
-    """``rows(idx)``: reference rows as novelty calibration sees them — augmented as in training
-    (every cell), so that p-values expect a query from another technology; plain when the
-    model trains without augmentation or on ranks."""
-    from dataclasses import replace
-
-    rows = _Rows(X, replace(cfg, augment=1.0 if cfg.augment > 0 else 0.0), log_scale)
-    gen = torch.Generator().manual_seed(seed + 1)
-    return lambda idx: rows.get(np.asarray(idx), gen).numpy()
-
-
-def _batches(rows: _Rows, idx: np.ndarray, bs: int, device, gen=None):
-    for s in range(0, len(idx), bs):
-        b = idx[s : s + bs]
-        yield b, rows.get(b, gen).to(device)
-
-
-class _threads:
-    """Run with a given number of torch CPU threads, restoring the previous setting afterwards.
-
-    Small networks train several times faster on one thread: the per-step work is too
-    small to split, and a second thread that must wait for a busy core stalls every step.
-    """
-
-    def __init__(self, n: int | None):
-        self.n, self.before = n, torch.get_num_threads()
-
-    def __enter__(self):
-        if self.n:
-            torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.before)
-
-
-def train_network(X, y: np.ndarray, anchors: np.ndarray, *, cfg: TrainConfig, seed: int, device: str, progress: bool,
-                  log_scale: bool = True):
-    """Train a :class:`HashMLP`; returns (module on CPU in eval mode, history, validation indices)."""
-    bs, _, _ = sizes_from_data(len(y), cfg)
-    n_threads = cfg.num_threads or (1 if bs * X.shape[1] <= 512 * 1000 else None)
-    with _threads(n_threads):
-        return _train(X, y, anchors, cfg=cfg, seed=seed, device=device, progress=progress, log_scale=log_scale)
-
-
-def _train(X, y, anchors, *, cfg, seed, device, progress, log_scale):
-    from tqdm.auto import tqdm
-
-    torch.manual_seed(seed)
+def _training_cells(y_all: np.ndarray, max_per_type: int | None, seed: int) -> np.ndarray:
+    """Indices of the cells to train on: all, or at most ``max_per_type`` of each type (sorted)."""
+    if not max_per_type:
+        return np.arange(len(y_all))
     rng = np.random.default_rng(seed)
-    dev = resolve_device(device)
-    n_types = anchors.shape[0]
-    tr, va = split(y, cfg.val_fraction, seed)
-    bs, epochs, patience = sizes_from_data(len(tr), cfg)
-    rows = _Rows(X, cfg, log_scale)
-    gen = torch.Generator().manual_seed(seed)
-    model = HashMLP(X.shape[1], anchors.shape[1], cfg.hidden, cfg.dropout).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    A = torch.from_numpy(anchors).to(dev)
-    target = (A + 1) / 2
-    w = torch.from_numpy(class_weights(y[tr], n_types, cfg.beta)).to(dev)
-    y_t = torch.from_numpy(y.astype(np.int64))
-    history = {"epoch": [], "train_loss": [], "val_loss": [], "val_macro_f1": [], "val_accuracy": []}
-    best, best_state, since = (-1.0, np.inf), None, 0
-    bar = tqdm(range(epochs), desc="schash train", disable=not progress, unit="epoch")
-    for epoch in bar:
-        model.train()
-        total, count = 0.0, 0
-        for b, xb in _batches(rows, rng.permutation(tr), bs, dev, gen):
-            yb = y_t[b].to(dev)
-            out = model(xb)
-            loss = _loss(out, target[yb], w[yb], cfg.quant_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(b)
-            count += len(b)
-        val_loss, f1, acc = _evaluate(model, rows, y, va, bs, dev, A, target, w, cfg.quant_weight)
-        for key, val in zip(history, (epoch + 1, total / count, val_loss, f1, acc)):
-            history[key].append(val)
-        bar.set_postfix(loss=f"{total / count:.3f}", val_f1=f"{f1:.3f}")
-        # better: a clearly higher validation F1, or about the same F1 with a lower validation
-        # loss (the loss keeps falling as codes settle on their anchors; F1 on a small
-        # validation split is noisy and would otherwise freeze an early, unquantised model)
-        # The first epochs only count once codes have begun to settle (warm-up).
-        warm = epoch + 1 >= min(cfg.warmup_epochs, max(1, epochs // 2))
-        if warm and (f1 > best[0] + cfg.f1_tolerance or (f1 >= best[0] - cfg.f1_tolerance and val_loss < best[1])):
-            best, since = (max(f1, best[0]) if f1 <= best[0] + cfg.f1_tolerance else f1, val_loss), 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            history["best_epoch"] = epoch + 1
-        else:
-            since += warm
-            if since >= patience and epoch + 1 >= cfg.min_epochs:
-                logger.info("early stop at epoch %d (best validation macro F1 %.3f)", epoch + 1, best[0])
-                break
-    bar.close()
-    model = model.cpu()
-    model.load_state_dict(best_state)
-    model.eval()
-    history.update(batch_size=bs, max_epochs=epochs, patience=patience,
-                   best_val_macro_f1=history["val_macro_f1"][history["best_epoch"] - 1])
-    return model, history, va
+    keep = []
+    for t in np.unique(y_all):
+        members = np.flatnonzero(y_all == t)
+        keep.append(members if len(members) <= max_per_type else rng.choice(members, max_per_type, replace=False))
+    return np.sort(np.concatenate(keep))
 
 
-def _loss(out, target, weight, quant_weight):
-    p = ((out + 1) / 2).clamp(1e-6, 1 - 1e-6)
-    bce = torch.nn.functional.binary_cross_entropy(p, target, reduction="none").mean(1)
-    return (weight * bce).sum() / weight.sum() + quant_weight * ((out.abs() - 1) ** 2).mean()
-
-
-@torch.no_grad()
-def _evaluate(model, rows, y, va, bs, dev, A, target, w, quant_weight):
-    model.eval()
-    preds, losses = [], []
-    for b, xb in _batches(rows, va, bs * 4, dev):
-        out = model(xb)
-        yb = torch.from_numpy(y[b].astype(np.int64)).to(dev)
-        losses.append(float(_loss(out, target[yb], w[yb], quant_weight)) * len(b))
-        preds.append(predict_anchor(out, A).cpu().numpy())
-    pred = np.concatenate(preds)
-    f1 = f1_score(y[va], pred, average="macro")
-    return sum(losses) / len(va), float(f1), float(np.mean(pred == y[va]))
+def _usable_cells(X, y_str, min_cells):
+    """Mask of reference cells to train on: drop empty cells and types below ``min_cells``."""
+    totals = np.asarray(X.sum(axis=1)).reshape(-1)
+    keep = totals > 0
+    if (~keep).any():
+        warnings.warn(f"{int((~keep).sum())} reference cells have no expression and are left out", UserWarning,
+                      stacklevel=3)
+    counts = pd.Series(y_str[keep]).value_counts()
+    small = counts[counts < min_cells]
+    if len(small):
+        warnings.warn(
+            f"cell types with fewer than {min_cells} cells are left out: "
+            + ", ".join(f"{t} ({n})" for t, n in small.items())
+            + "; lower min_cells_per_type to keep them",
+            UserWarning,
+            stacklevel=3,
+        )
+        keep &= ~pd.Series(y_str).isin(small.index).to_numpy()
+    n_types = len(set(y_str[keep]))
+    if n_types < 2:
+        raise InputError(
+            f"the reference has {n_types} usable cell type(s); schash needs at least two "
+            f"with {min_cells} or more cells each"
+        )
+    return keep

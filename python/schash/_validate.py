@@ -65,7 +65,7 @@ class _Checker:
             self.fail(f"the tensor {name!r} is missing")
         a = t[name]
         want = tuple(shape)
-        if a.ndim != len(want) or any(w is not None and s != w for s, w in zip(a.shape, want)):
+        if a.ndim != len(want) or any(w is not None and s != w for s, w in zip(a.shape, want, strict=True)):
             shown = tuple("*" if w is None else w for w in want)
             self.fail(f"tensor {name!r} has shape {a.shape}, the metadata implies {shown}")
         if a.dtype != np.dtype(dtype):

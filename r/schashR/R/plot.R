@@ -28,18 +28,19 @@ schash_saliency <- function(object) {
 #'
 #' @param object See [schash_saliency()].
 #' @param n Number of genes per cell type.
-#' @return A data.frame with columns `cell_type`, `rank`, `gene`, `score`.
+#' @return A data.frame with columns `group`, `rank`, `gene`, `score` (the same columns as
+#'   Python's `schash.top_genes()`).
 #' @export
 schash_top_genes <- function(object, n = 10) {
   sal <- schash_saliency(object)
   rows <- lapply(colnames(sal), function(type) {
     s <- sort(sal[, type], decreasing = TRUE)
     s <- utils::head(s, n)
-    data.frame(cell_type = type, rank = seq_along(s), gene = names(s), score = unname(s),
+    data.frame(group = type, rank = seq_along(s), gene = names(s), score = unname(s),
                stringsAsFactors = FALSE)
   })
   out <- do.call(rbind, rows)
-  out$cell_type <- factor(out$cell_type, levels = colnames(sal))
+  out$group <- factor(out$group, levels = colnames(sal))
   rownames(out) <- NULL
   out
 }

@@ -131,15 +131,7 @@ model_py <- function(model) {
 
 #' @export
 print.schash_model <- function(x, ...) {
-  i <- x$info
-  types <- unlist(i$cell_types)
-  cat("schash model: ", length(types), " cell types, ", i$n_genes, " genes, ", i$n_bits,
-      " bits, ", i$n_reference_cells, " reference cells\n", sep = "")
-  shown <- utils::head(types, 10)
-  cat("  cell types: ", paste(shown, collapse = ", "),
-      if (length(types) > length(shown)) ", ..." else "", "\n", sep = "")
-  cat("  transform=", i$transform, ", scale=", i$scale, ", distance threshold=", i$threshold, "\n", sep = "")
-  if (!is.null(i$ref_map)) cat("  reference map: ", i$ref_map, "\n", sep = "")
+  cat(x$info$description, "\n", sep = "")  # Python's description of the model, one wording for both
   invisible(x)
 }
 

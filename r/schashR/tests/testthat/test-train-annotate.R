@@ -26,7 +26,7 @@ test_that("Seurat: train, print, annotate", {
 
   top <- schash_top_genes(a, 4)
   expect_equal(nrow(top), 12)
-  expect_named(top, c("cell_type", "rank", "gene", "score"))
+  expect_named(top, c("group", "rank", "gene", "score"))
   skip_if_not_installed("ggplot2")
   expect_s3_class(schash_plot_saliency(a, 3), "ggplot")
 })

@@ -1,0 +1,143 @@
+"""The one encoder: from a :class:`~schash._data.Source` to hash codes and typicality, a chunk at a time.
+
+Every encoding goes through here — the reference database at training, ``predict``,
+``annotate``, ``encode``, ``neighbors``, ``composition``, ``add_reference``, the reference
+map, saliency, the CLI and the R bridge.  :class:`ScaledPass` reads the input once to
+learn what it is (counts or log values, from rows across the whole input), how many model
+genes it has, which cells are empty and, under ``scale="batch"``, each group's per-gene
+statistics; iterating over it then yields the scaled rows a chunk at a time (kept from the
+first pass while they fit in :data:`CACHE_LIMIT_BYTES`, else read again).  A backed
+``.h5ad`` is read chunk by chunk, so peak memory is bounded by the chunk, not the file, and
+in-memory input is cut into the same chunks, so both give identical codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from . import _args, _hamming
+from ._data import Source
+from ._novelty import NoveltyScorer, margins
+from ._preprocess import Preprocessor
+from ._scaled import Scaled, column_sums
+from ._values import check_finite_nonnegative, detect_kind
+
+CACHE_LIMIT_BYTES = 1 << 30  # keep first-pass features in memory below this, else recompute
+
+
+@dataclass
+class Encoded:
+    """What one pass over an input yields: packed codes, typicality and bookkeeping."""
+
+    cells: pd.Index
+    codes: np.ndarray  # packed, cells × n_bits/8
+    typicality: np.ndarray | None  # p-values in (0, 1]; None when encoded without a novelty scorer
+    empty: np.ndarray  # cells without expression on the model's genes
+    n_genes_matched: int
+    kind: str = "counts"  # what the input was detected as (see schash._values.detect_kind)
+    projected: np.ndarray | None = None  # cells × (PCA + residual) in the novelty scorer's space
+
+
+class ScaledPass:
+    """The scaled rows of a source for a model's preprocessing (see the module docstring).
+
+    ``groups`` (one code per cell) overrides ``batch_key``; ``kind`` overrides detection.
+    """
+
+    def __init__(self, pre: Preprocessor, src: Source, *, batch_key=None, groups=None, kind=None,
+                 chunk_size: int = 8192, min_gene_overlap: float = 0.3, progress: bool = False):
+        from tqdm.auto import tqdm
+
+        self.pre, self.src = pre, src
+        self.chunk_size = _args.whole("chunk_size", chunk_size)
+        _args.number("min_gene_overlap", min_gene_overlap, lo=0, hi=1)
+        if kind is None:
+            sample = src.sample()
+            if src.backed:
+                check_finite_nonnegative(sample)
+            kind = detect_kind(sample)  # from rows across the whole input, never the first chunk alone
+        self.kind = kind
+        if groups is None:
+            groups, n_groups = src.groups(batch_key)
+        else:
+            groups = np.asarray(groups, dtype=np.int64)
+            n_groups = int(groups.max()) + 1 if len(groups) else 1
+        self.groups = groups
+        self.bounds = src.bounds(self.chunk_size)
+        own_stats = pre.scale == "batch"  # else every group uses the reference's statistics
+        G = len(pre.genes)
+        s1, s2 = np.zeros((n_groups, G)), np.zeros((n_groups, G))
+        nnz = np.zeros(src.n, dtype=np.int64)
+        self._cache, cached_bytes, present = [], 0, np.zeros(G, dtype=bool)
+        for i, (a, b) in enumerate(tqdm(self.bounds, desc="schash read", disable=not progress, unit="chunk")):
+            F, present, _ = pre.features(src.chunk(a, b), kind=kind, min_overlap=min_gene_overlap,
+                                         what="query", report=i == 0)
+            F = sparse.csr_matrix(F)
+            if own_stats:
+                c1, c2 = column_sums(F, groups[a:b], n_groups)
+                s1 += c1
+                s2 += c2
+            nnz[a:b] = np.diff(F.indptr)
+            cached_bytes += F.data.nbytes + F.indices.nbytes
+            self._cache.append(F if cached_bytes <= CACHE_LIMIT_BYTES else None)
+        self.present, self.n_genes_matched, self.empty = present, int(present.sum()), nnz == 0
+        self.mean, self.std = pre.stats_from_sums(s1, s2, np.bincount(groups, minlength=n_groups))
+        self.progress = progress
+
+    def __iter__(self):
+        """``(start, stop, Scaled)`` for every chunk, in order."""
+        from tqdm.auto import tqdm
+
+        for (a, b), F in zip(tqdm(self.bounds, desc="schash encode", disable=not self.progress, unit="chunk"),
+                             self._cache, strict=True):
+            if F is None:
+                F = sparse.csr_matrix(self.pre.features(self.src.chunk(a, b), kind=self.kind, min_overlap=0,
+                                                        report=False)[0])
+            yield a, b, Scaled(F, self.groups[a:b], self.mean, self.std, self.present, self.pre.clip)
+
+    def reference_scaled(self, block: Scaled) -> Scaled:
+        """``block`` scaled with the reference's statistics (how typicality judges every cell)."""
+        pre = self.pre
+        return block.restat(np.zeros(block.shape[0], dtype=np.int64), pre.ref_mean[None], pre.ref_std[None])
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """A model's preprocessing, network, anchors and (once fitted) novelty scorer, as one encoder."""
+
+    pre: Preprocessor
+    module: object  # schash._module.HashMLP
+    anchors: np.ndarray
+    novelty: NoveltyScorer | None = None
+
+    def scaled(self, src: Source, **kwargs) -> ScaledPass:
+        """The first pass over ``src`` (arguments of :class:`ScaledPass`)."""
+        return ScaledPass(self.pre, src, **kwargs)
+
+    def codes(self, X: Scaled, chunk: int = 8192) -> np.ndarray:
+        """Packed codes of rows already scaled (the training rows), chunk by chunk."""
+        out = [_hamming.pack(self.module.logits_sparse(X.slice(s, s + chunk))) for s in range(0, X.shape[0], chunk)]
+        return np.concatenate(out) if out else np.zeros((0, self.anchors.shape[1] // 8), np.uint8)
+
+    def run(self, src: Source, *, keep_projected: bool = False, progress: bool = False, **kwargs) -> Encoded:
+        """Encode every cell of ``src``: codes and, with a novelty scorer, typicality."""
+        scaled = self.scaled(src, progress=progress, **kwargs)
+        codes, coords, margin = [], [], []
+        for _, _, block in scaled:
+            logits = self.module.logits_sparse(block)  # sign(tanh(x)) == sign(x)
+            codes.append(_hamming.pack(logits))
+            if self.novelty is not None:
+                # typicality is judged against the reference's own scale, whatever `scale` the network uses
+                coords.append(self.novelty.project(scaled.reference_scaled(block)))
+                margin.append(margins(logits, self.anchors))
+        codes = np.concatenate(codes)
+        typ = projected = None
+        if self.novelty is not None:
+            projected = np.concatenate(coords)
+            typ = self.novelty.typicality(projected, np.concatenate(margin))
+        return Encoded(src.cells, codes, typ, scaled.empty, scaled.n_genes_matched, scaled.kind,
+                       projected if keep_projected else None)

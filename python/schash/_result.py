@@ -1,0 +1,73 @@
+"""The one result builder: everything an annotation reports, computed from one encoding pass.
+
+:func:`annotation` is used by :func:`schash.annotate` (which only writes the result into an
+AnnData), the command line (which writes it to files) and the R bridge (which only converts
+types).  Nothing here writes anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from . import _args, _hamming
+from ._scores import type_scores
+
+if TYPE_CHECKING:
+    from ._encode import Encoded
+    from ._model import SchashModel
+
+
+@dataclass
+class Annotation:
+    """The calls and what explains them, for one query."""
+
+    table: pd.DataFrame  # per cell: label, pruned_label, distance, delta_next, typicality, confidence
+    #                      (and neighbor_batch with neighbours, when the reference has batches)
+    codes: np.ndarray  # packed codes, cells × n_bits/8 (uint8)
+    scores: pd.DataFrame  # cells × cell types, in [0, 1] (schash._scores)
+    encoded: Encoded
+    compositions: dict[str, pd.DataFrame] = field(default_factory=dict)  # by reference column, cells × categories
+    placed: np.ndarray | None = None  # positions on the model's reference map (cells × 2)
+    record: dict = field(default_factory=dict)  # parameters and input facts (uns[key_added])
+
+    def signs(self, n_bits: int) -> np.ndarray:
+        """The codes as ±1 float32, cells × n_bits: an embedding (Euclidean distance is monotone in Hamming)."""
+        return _hamming.unpack(self.codes, n_bits)
+
+
+def annotation(model: SchashModel, data, *, genes=None, layer=None, method="anchor", k: int = 15,
+               batch_key=None, neighbors: int | None = None, chunk_size: int = 8192, progress=None,
+               cells=None) -> Annotation:
+    """Encode ``data`` once and build every output of an annotation (see :func:`schash.annotate`).
+
+    ``cells`` overrides the cell names of the tables (an AnnData's ``obs_names`` as they are).
+    """
+    _args.call(len(model.ref_labels), method=method, k=k, neighbors=neighbors, chunk_size=chunk_size)
+    progress = _args.progress(progress)
+    enc = model.encoded(data, genes=genes, layer=layer, batch_key=batch_key, chunk_size=chunk_size,
+                        progress=progress)
+    cells = enc.cells if cells is None else cells
+    table = model.call(enc, method=method, k=k)
+    table.index = cells
+    result = Annotation(table=table, codes=enc.codes, scores=type_scores(model, enc.codes, cells, enc.empty),
+                        encoded=enc)
+    if neighbors:
+        for by in model.reference_obs().columns:  # ties at the k-th distance share equally
+            comp = model.composition_of_codes(enc.codes, by=by, k=neighbors, cells=cells)
+            result.compositions[by] = comp
+            if by == "batch":
+                table["neighbor_batch"] = pd.Categorical(comp.idxmax(axis=1).to_numpy())
+    if model.ref_map is not None and enc.projected is not None:
+        result.placed = model.ref_map.place(enc.projected)
+    result.record = {
+        "params": {"method": method, "k": k, "neighbors": neighbors, "layer": layer, "batch_key": batch_key,
+                   "n_bits": model.n_bits, "threshold": model.threshold, "novelty_alpha": model.novelty_alpha},
+        "n_genes_matched": enc.n_genes_matched,
+        "n_genes_model": len(model.pre.genes),
+        "input_kind": enc.kind,
+    }
+    return result
