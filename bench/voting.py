@@ -50,7 +50,16 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from accuracy import Quiet, fmt, has_batches, log_normalised, md_table, novelty_folds, scores, splits  # noqa: E402
+from accuracy import (
+    Quiet,
+    fmt,
+    has_batches,
+    log_normalised,
+    md_table,
+    novelty_folds,
+    scores,
+    splits,
+)
 
 SEED = 0
 UNASSIGNED = "Unassigned"
@@ -130,9 +139,9 @@ def write_report(out: Path, rows: pd.DataFrame, meta: dict, skipped: list[str]) 
     if skipped:
         lines += ["Skipped: " + "; ".join(skipped), ""]
     lines += ["## Per task", "",
-              "Macro F1 / accuracy of each call; `Δ F1`, `Δ acc`: the call minus the per-cell `pruned_label`; `clusters`: number of "
-              "clusters voted over; `codes`: distinct hash codes in the query; `Unassigned`: fraction of scored "
-              "cells left Unassigned.", ""]
+              ("Macro F1 / accuracy of each call; `Δ F1`, `Δ acc`: the call minus the per-cell `pruned_label`; "
+               "`clusters`: number of clusters voted over; `codes`: distinct hash codes in the query; `Unassigned`: "
+               "fraction of scored cells left Unassigned."), ""]
     tab = []
     for (ds, fold), g in rows.groupby(["dataset", "fold"], sort=False):
         by = g.set_index("call")
@@ -149,8 +158,8 @@ def write_report(out: Path, rows: pd.DataFrame, meta: dict, skipped: list[str]) 
                         "codes": int(r.n_distinct_codes)})
     lines += [md_table(pd.DataFrame(tab)), ""]
 
-    lines += ["## Summary", "", "Over tasks: change of macro F1 and accuracy against the per-cell `pruned_label` "
-              "(helps / hurts: change above +0.005 / below −0.005).", ""]
+    lines += ["## Summary", "", ("Over tasks: change of macro F1 and accuracy against the per-cell `pruned_label` "
+                                 "(helps / hurts: change above +0.005 / below −0.005)."), ""]
     summ, closing = [], []
     for c in [*VOTES, "label"]:
         d = []
