@@ -17,6 +17,7 @@ import argparse
 import numpy as np
 import pandas as pd
 import scanpy as sc
+
 import schash
 from schash import _hamming
 from schash._data import Source

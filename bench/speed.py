@@ -75,6 +75,7 @@ def step_schash_train(ref, model_path, max_per_type):
 
 def step_schash_annotate(model_path, query):
     import numpy as np
+
     import schash
 
     m = schash.load(model_path)
@@ -97,6 +98,7 @@ def step_schash_cli(model_path, query, out_csv):
 def step_celltypist_train(ref, model_path, max_per_type):
     import anndata as ad
     import celltypist
+
     import schash._train as api
 
     backed = ad.read_h5ad(ref, backed="r")
@@ -130,6 +132,7 @@ def step_celltypist_annotate(model_path, query):
 
 def step_knn(model_path, query, k, which):
     import numpy as np
+
     import schash
     from schash import _hamming
 

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 import schash
 from schash._anchors import make_anchors, min_pairwise_distance
 

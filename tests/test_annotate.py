@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
-import schash
 from conftest import make_counts
 from scipy import sparse
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
+
+import schash
 
 
 def test_predict_has_no_side_effects_and_is_indexed_by_cell(synth_model, synth):
@@ -97,3 +98,35 @@ def test_chunked_file_encoding_equals_in_memory(synth_model, synth, tmp_path):
     a = synth_model.predict(str(path), chunk_size=50)
     b = synth_model.predict(synth, chunk_size=50)
     assert a.equals(b)
+
+
+def test_codes_embedding_works_with_scanpy_neighbors(synth_model, synth):
+    import scanpy as sc
+
+    out = schash.annotate(synth, synth_model, copy=True)
+    sc.pp.neighbors(out, use_rep="X_schash", n_neighbors=10)
+    # Euclidean distance on ±1 codes is 2 * sqrt(Hamming distance): neighbours by code
+    d = out.obsp["distances"].tocoo()
+    codes = out.obsm["schash_codes"]
+    from schash._hamming import distances
+
+    ham = np.array([distances(codes[[i]], codes[[j]])[0, 0] for i, j in zip(d.row[:200], d.col[:200], strict=True)])
+    np.testing.assert_allclose(d.data[:200], 2 * np.sqrt(ham), rtol=1e-5)
+
+
+def test_majority_voting_over_a_column_and_over_computed_clusters(synth_model, synth):
+    out = schash.annotate(synth, synth_model, over_clustering="batch", copy=True)
+    obs = out.obs
+    for _, grp in obs.groupby("batch", observed=True):
+        assert grp["schash_majority_label"].nunique() == 1  # one call per cluster
+        share = (grp["schash_pruned_label"] == grp["schash_majority_label"].iloc[0]).mean()
+        assert grp["schash_majority_share"].iloc[0] == pytest.approx(share)
+    assert "schash_over_clustering" not in obs
+    schash.annotate(out, synth_model, over_clustering="no_such_column")  # computed from the codes
+    assert "schash_over_clustering" in out.obs and out.obs["schash_over_clustering"].nunique() > 1
+    for _, grp in out.obs.groupby("schash_over_clustering", observed=True):
+        assert grp["schash_majority_label"].nunique() == 1
+    agree = (out.obs["schash_majority_label"] == out.obs["cell_type"].astype(str)).mean()
+    assert agree > 0.8
+    schash.annotate(out, synth_model)  # the next run removes the voting columns
+    assert not {"schash_over_clustering", "schash_majority_label"} & set(out.obs.columns)

@@ -1,6 +1,7 @@
 import anndata as ad
 import pandas as pd
 import pytest
+
 from schash._cli import main
 
 

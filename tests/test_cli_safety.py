@@ -5,6 +5,7 @@ import os
 
 import anndata as ad
 import pytest
+
 import schash
 from schash import _atomic
 from schash._cli import main

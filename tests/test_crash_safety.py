@@ -17,6 +17,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pytest
+
 import schash
 
 PYTHON_DIR = str(Path(schash.__file__).resolve().parents[1])

@@ -1,11 +1,12 @@
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import sparse
+
 import schash
 from schash._data import extract
 from schash._preprocess import align_genes
 from schash._values import detect_kind, log_normalise
-from scipy import sparse
 
 
 def test_counts_and_log_are_detected(synth):

@@ -6,11 +6,12 @@ import struct
 
 import numpy as np
 import pytest
-import schash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
+
+import schash
 from schash import _atomic
 
 

@@ -8,6 +8,7 @@ import copy
 
 import numpy as np
 import pandas as pd
+
 import schash
 from schash import _bridge, _hamming
 

@@ -3,6 +3,7 @@ import matplotlib
 matplotlib.use("Agg")
 import numpy as np
 import pytest
+
 import schash
 from schash import _hamming
 

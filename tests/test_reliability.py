@@ -7,11 +7,12 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
-import schash
 from conftest import make_counts
+from scipy import sparse
+
+import schash
 from schash import _args
 from schash._values import detect_kind
-from scipy import sparse
 
 FAST = dict(max_epochs=2, n_top_genes=100, progress=False)
 
@@ -286,6 +287,7 @@ def test_saliency_groups_from_a_series_are_matched_by_cell_name(synth_model, que
 
 def test_kind_of_a_mostly_empty_input_does_not_depend_on_chunk_size(synth_model):
     from conftest import make_counts
+
     from schash._data import Source
 
     big = make_counts(n_cells=6000, n_genes=300, seed=9)

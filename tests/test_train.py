@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
-import schash
 import torch
+
+import schash
 from schash._loop import TrainConfig, class_weights, sizes_from_data
 
 

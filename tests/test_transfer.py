@@ -3,10 +3,11 @@ augmentation, rare types kept, and calls that depend on each cell alone."""
 
 import numpy as np
 import pytest
-import schash
 import torch
-from schash._loop import TrainConfig, augment
 from scipy import sparse
+
+import schash
+from schash._loop import TrainConfig, augment
 
 
 def _technology_shift(adata, seed=1, gene_sd=0.6, dropout=0.2):

@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+
 from schash._errors import InputError
 from schash._voting import default_resolution, majority_vote, over_cluster
 

@@ -29,6 +29,7 @@ def annotate(
     k: int = 15,
     batch_key: str | None = None,
     neighbors: int | None = None,
+    over_clustering: str | None = None,
     key_added: str = "schash",
     copy: bool = False,
     chunk_size: int = 8192,
@@ -52,7 +53,15 @@ def annotate(
     keys this run created).  With ``neighbors=k``, also the
     composition of the ``k`` nearest reference cells: ``obsm[f"{key_added}_cell_type_composition"]``
     and, when the reference had batches, ``obsm[f"{key_added}_batch_composition"]`` (DataFrames,
-    rows sum to 1) and ``obs[f"{key_added}_neighbor_batch"]`` (the majority batch).
+    rows sum to 1) and ``obs[f"{key_added}_neighbor_batch"]`` (the majority batch).  With
+    ``over_clustering="leiden"`` (an ``obs`` column of clusters), majority voting as CellTypist
+    does it: ``obs[f"{key_added}_majority_label"]`` (the most frequent pruned call of the cell's
+    cluster; ``Unassigned`` only where it is the strict majority) and
+    ``obs[f"{key_added}_majority_share"]`` (its share of the cluster); when ``adata`` has no
+    such column, the cells are first over-clustered by their codes (Leiden on the distinct
+    codes at CellTypist's resolution, :func:`schash._voting.over_cluster`), written to
+    ``obs[f"{key_added}_over_clustering"]``.  Measured on cross-batch tasks in
+    ``bench/results/voting.md``: steadier calls on some tasks, rare types outvoted on others.
 
     Everything is computed before anything is written: an error leaves ``adata`` as it was.
     A new run with the same ``key_added`` replaces every field of the earlier one; a field
@@ -67,16 +76,22 @@ def annotate(
         raise InputError("annotate() takes an AnnData; for a matrix use model.predict(X, genes=...)")
     _args.call(len(model.ref_labels), method=method, k=k, neighbors=neighbors, chunk_size=chunk_size)
     _args.key_added(key_added)
-    _fields_to_replace(adata, key_added, _new_keys(model, key_added, neighbors))  # refuse before the work
+    clusters = None
+    if over_clustering is not None:
+        if not isinstance(over_clustering, str):
+            raise InputError(f"over_clustering must be the name of an obs column of clusters, got {over_clustering!r}")
+        clusters = adata.obs[over_clustering].to_numpy() if over_clustering in adata.obs else "codes"
+    # refuse before the work
+    _fields_to_replace(adata, key_added, _new_keys(model, key_added, neighbors, clusters))
     result = annotation(model, adata, layer=layer, method=method, k=k, batch_key=batch_key, neighbors=neighbors,
-                        chunk_size=chunk_size, progress=progress, cells=adata.obs_names)
+                        clusters=clusters, chunk_size=chunk_size, progress=progress, cells=adata.obs_names)
     if copy:
         adata = adata.copy()
-    write_annotation(adata, model, result, neighbors=neighbors, key_added=key_added)
+    write_annotation(adata, model, result, key_added=key_added)
     return adata if copy else None
 
 
-def _new_keys(model, key_added, neighbors) -> dict:
+def _new_keys(model, key_added, neighbors, clusters=None) -> dict:
     """The obs and obsm keys an annotation writes."""
     obs = [f"{key_added}_{c}" for c in ("label", "pruned_label", "distance", "delta_next", "typicality",
                                          "confidence")]
@@ -88,6 +103,10 @@ def _new_keys(model, key_added, neighbors) -> dict:
         obsm += [f"{key_added}_{by}_composition" for by in cols]
         if "batch" in cols:
             obs.append(f"{key_added}_neighbor_batch")
+    if clusters is not None:
+        if isinstance(clusters, str):  # "codes": over-clustered here
+            obs.append(f"{key_added}_over_clustering")
+        obs += [f"{key_added}_majority_label", f"{key_added}_majority_share"]
     return {"obs": obs, "obsm": obsm}
 
 
@@ -102,7 +121,8 @@ def _created_before(adata, key_added) -> dict:
         return {where: [str(x) for x in np.asarray(rec["created"].get(where, []), dtype=object).reshape(-1)]
                 for where in ("obs", "obsm")}
     # written by an older schash: its fields are those with schash's names
-    suffixes = ("label", "pruned_label", "distance", "delta_next", "typicality", "confidence", "neighbor_batch")
+    suffixes = ("label", "pruned_label", "distance", "delta_next", "typicality", "confidence", "neighbor_batch",
+                "majority_label", "majority_share", "over_clustering")
     return {"obs": [f"{key_added}_{c}" for c in suffixes if f"{key_added}_{c}" in adata.obs],
             "obsm": [m for m in adata.obsm.keys()
                      if m in (f"X_{key_added}", f"{key_added}_codes", f"{key_added}_scores")
@@ -120,14 +140,12 @@ def _fields_to_replace(adata, key_added, new: dict) -> dict:
     return before
 
 
-def write_annotation(adata, model, result: Annotation, *, neighbors=None, key_added="schash"):
+def write_annotation(adata, model, result: Annotation, *, key_added="schash"):
     """Write a finished :class:`~schash._result.Annotation` into ``adata`` (the fields listed in :func:`annotate`).
 
     Everything is computed first and written last; an error leaves ``adata`` untouched.
     """
     _args.key_added(key_added)
-    new = _new_keys(model, key_added, neighbors)
-    before = _fields_to_replace(adata, key_added, new)
     obs = {f"{key_added}_{col}": result.table[col].values for col in result.table.columns}
     obsm = {f"X_{key_added}": result.signs(model.n_bits), f"{key_added}_codes": result.codes,
             f"{key_added}_scores": result.scores}
@@ -135,6 +153,7 @@ def write_annotation(adata, model, result: Annotation, *, neighbors=None, key_ad
         obsm[f"X_{key_added}_{model.map_name()}"] = result.placed
     for by, comp in result.compositions.items():
         obsm[f"{key_added}_{by}_composition"] = comp
+    before = _fields_to_replace(adata, key_added, {"obs": list(obs), "obsm": list(obsm)})
     record = {**result.record, "created": {"obs": list(obs), "obsm": list(obsm)}}
     # all computed: now replace the earlier run's fields with this run's
     for key in before["obs"]:

@@ -133,11 +133,13 @@ QUERY_BATCH = "schash_query_batch"  # the obs column the query's batches travel 
 
 @_r_call
 def annotate_matrix(model, X, genes, cells, method="anchor", k=15, saliency=True, n_top_cell=5, neighbors=None,
-                    batches=None):
+                    batches=None, clusters=None):
     """Annotate a cells × genes matrix.
 
     ``batches``: the query's batches, one per cell (R's ``batch=``), used like
-    ``annotate(batch_key=)``: each query batch is scaled on its own.
+    ``annotate(batch_key=)``: each query batch is scaled on its own.  ``clusters``: one cluster
+    per cell for majority voting (R's ``over_clustering=``), or ``"codes"`` to over-cluster the
+    cells by their codes first.
 
     Returns a dict: ``table`` (dict of per-cell columns: label, pruned_label, distance,
     delta_next, typicality, confidence, top_genes with ``saliency``, and neighbor_batch with
@@ -155,7 +157,11 @@ def annotate_matrix(model, X, genes, cells, method="anchor", k=15, saliency=True
             raise InputError(f"{len(b)} batches for {adata.n_obs} cells")
         adata.obs[QUERY_BATCH] = pd.Categorical(np.asarray(b, dtype=str))
         batch_key = QUERY_BATCH
-    res = annotation(model, adata, method=str(method), k=int(k), batch_key=batch_key,
+    if clusters is not None and not (isinstance(clusters, str) and clusters == "codes"):
+        clusters = _labels(clusters)
+        if len(clusters) != adata.n_obs:
+            raise InputError(f"{len(clusters)} clusters for {adata.n_obs} cells")
+    res = annotation(model, adata, method=str(method), k=int(k), batch_key=batch_key, clusters=clusters,
                      neighbors=int(neighbors) if neighbors is not None and int(neighbors) > 0 else None,
                      progress=False)
     table = res.table
@@ -170,7 +176,7 @@ def annotate_matrix(model, X, genes, cells, method="anchor", k=15, saliency=True
         table["top_genes"] = sal.cell_top_genes.to_numpy()
         out["saliency"] = _matrix(sal.by_group)
     # columns as plain arrays (label columns as strings; R makes the factors with these levels)
-    text = ("label", "pruned_label", "top_genes", "neighbor_batch")
+    text = ("label", "pruned_label", "top_genes", "neighbor_batch", "majority_label", "over_clustering")
     out["table"] = {col: (table[col].astype(str).to_numpy(dtype=object) if col in text else table[col].to_numpy())
                     for col in table.columns}
     out["levels"] = list(model.cell_types) + ["Unassigned"]

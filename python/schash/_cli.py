@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--batch-key", help="standardise each query batch on its own")
     a.add_argument("--method", choices=("anchor", "knn"), default="anchor")
     a.add_argument("-k", type=int, default=15, help="neighbours for --method knn")
+    a.add_argument("--over-clustering", metavar="COLUMN", help="majority voting over the clusters in this obs "
+                   "column of the query (over-clustered from the codes when the query has no such column)")
     a.add_argument("--overwrite", action="store_true", help="replace existing output files (without it, an "
                    "existing file is never touched; an output that is the model or the query is always refused)")
     _progress_flags(a)
@@ -112,6 +114,7 @@ def _save_model(model, path, overwrite) -> None:
 def _annotate(args) -> None:
     from ._annotate import write_annotation
     from ._atomic import check_output, write_atomic
+    from ._data import Source
     from ._model import SchashModel
     from ._result import annotation
 
@@ -125,8 +128,13 @@ def _annotate(args) -> None:
         check_output(path, inputs=inputs, overwrite=args.overwrite, flag="--overwrite")
     model = SchashModel.load(args.model)
     # encode straight from the file, a chunk at a time
+    clusters = None
+    if args.over_clustering:
+        with Source(args.query) as src:  # the obs column only, read from the file
+            obs = src.obs
+            clusters = obs[args.over_clustering].to_numpy() if args.over_clustering in obs else "codes"
     res = annotation(model, args.query, layer=args.layer, method=args.method, k=args.k, batch_key=args.batch_key,
-                     chunk_size=args.chunk_size, progress=args.progress)
+                     clusters=clusters, chunk_size=args.chunk_size, progress=args.progress)
     df, enc = res.table, res.encoded
     query = None
     if args.output:  # everything computed before the first file is written

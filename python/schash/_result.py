@@ -15,6 +15,7 @@ import pandas as pd
 
 from . import _args, _hamming
 from ._scores import type_scores
+from ._voting import majority_vote, over_cluster
 
 if TYPE_CHECKING:
     from ._encode import Encoded
@@ -26,7 +27,8 @@ class Annotation:
     """The calls and what explains them, for one query."""
 
     table: pd.DataFrame  # per cell: label, pruned_label, distance, delta_next, typicality, confidence
-    #                      (and neighbor_batch with neighbours, when the reference has batches)
+    #                      (and neighbor_batch with neighbours, when the reference has batches;
+    #                      majority_label, majority_share and over_clustering with voting)
     codes: np.ndarray  # packed codes, cells × n_bits/8 (uint8)
     scores: pd.DataFrame  # cells × cell types, in [0, 1] (schash._scores)
     encoded: Encoded
@@ -40,10 +42,12 @@ class Annotation:
 
 
 def annotation(model: SchashModel, data, *, genes=None, layer=None, method="anchor", k: int = 15,
-               batch_key=None, neighbors: int | None = None, chunk_size: int = 8192, progress=None,
+               batch_key=None, neighbors: int | None = None, clusters=None, chunk_size: int = 8192, progress=None,
                cells=None) -> Annotation:
     """Encode ``data`` once and build every output of an annotation (see :func:`schash.annotate`).
 
+    ``clusters``: one cluster id per cell to vote over (majority voting, :mod:`schash._voting`),
+    or ``"codes"`` to over-cluster the cells by their codes first; ``None``: no voting.
     ``cells`` overrides the cell names of the tables (an AnnData's ``obs_names`` as they are).
     """
     _args.call(len(model.ref_labels), method=method, k=k, neighbors=neighbors, chunk_size=chunk_size)
@@ -61,6 +65,14 @@ def annotation(model: SchashModel, data, *, genes=None, layer=None, method="anch
             result.compositions[by] = comp
             if by == "batch":
                 table["neighbor_batch"] = pd.Categorical(comp.idxmax(axis=1).to_numpy())
+    if clusters is not None:
+        if isinstance(clusters, str) and clusters == "codes":
+            clusters = pd.Categorical(over_cluster(result.signs(model.n_bits)))
+            table["over_clustering"] = clusters
+        vote = majority_vote(table["pruned_label"].to_numpy(), np.asarray(clusters, dtype=object))
+        table["majority_label"] = pd.Categorical(vote["majority_label"].to_numpy(),
+                                                 categories=table["label"].cat.categories)
+        table["majority_share"] = vote["majority_share"].to_numpy()
     if model.ref_map is not None and enc.projected is not None:
         result.placed = model.ref_map.place(enc.projected)
     result.record = {

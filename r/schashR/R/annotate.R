@@ -38,6 +38,14 @@
 #' majority batch among the neighbours) is added too.  See [schash_composition()]
 #' and [schash_plot_composition()].
 #'
+#' With `over_clustering`, majority voting as CellTypist does it: each cell also gets
+#' `schash_majority_label` (the most frequent pruned call in its cluster; `"Unassigned"`
+#' only where that is the strict majority) and `schash_majority_share` (its share of the
+#' cluster).  Give the name of a cell-metadata column of clusters (`"seurat_clusters"`), a
+#' vector with one cluster per cell, or `TRUE` to over-cluster the cells by their hash codes
+#' first (also when the named column does not exist, with a message; the clusters are
+#' added as `schash_over_clustering`).
+#'
 #' With `batch`, the query's batches (for example samples or donors) are scaled
 #' each on its own before encoding, as Python's `annotate(batch_key=)` does; use it
 #' when the query mixes batches, as the reference's batches were in [schash_train()].
@@ -52,24 +60,30 @@
 #' @param saliency Compute per-type and per-cell gene saliency.
 #' @param neighbors `NULL`, or the number of nearest reference cells whose
 #'   composition is stored for each cell.
+#' @param over_clustering `NULL`, a cell-metadata column of clusters, a vector of
+#'   clusters, or `TRUE` (clusters computed from the codes): majority voting over them.
 #' @return The annotated object (a data.frame for a matrix).
 #' @export
 schash_annotate <- function(object, model, ..., batch = NULL, method = "anchor", saliency = TRUE,
-                            neighbors = NULL) {
+                            neighbors = NULL, over_clustering = NULL) {
   UseMethod("schash_annotate")
 }
 
 #' @rdname schash_annotate
 #' @export
 schash_annotate.default <- function(object, model, ..., batch = NULL, method = "anchor",
-                                    saliency = TRUE, neighbors = NULL) {
+                                    saliency = TRUE, neighbors = NULL, over_clustering = NULL) {
   m <- as_dgc(object)
   if (is.character(batch) && length(batch) == 1 && ncol(m) != 1) {
     stop("for a matrix, batch must be a vector with one value per cell (", ncol(m), "), ",
          "not a column name", call. = FALSE)
   }
+  if (is.character(over_clustering) && length(over_clustering) == 1 && ncol(m) != 1) {
+    stop("for a matrix, over_clustering must be a vector with one cluster per cell (", ncol(m), ") or TRUE, ",
+         "not a column name", call. = FALSE)
+  }
   res <- annotate_matrix(m, model, batch = batch, method = method, saliency = saliency,
-                         neighbors = neighbors, ...)
+                         neighbors = neighbors, clusters = over_clustering, ...)
   out <- res$table
   attr(out, "codes") <- res$codes
   attr(out, "scores") <- res$scores
@@ -83,12 +97,14 @@ schash_annotate.default <- function(object, model, ..., batch = NULL, method = "
 #' @param assay,layer Which expression to use, as in [schash_train()].
 #' @export
 schash_annotate.Seurat <- function(object, model, ..., batch = NULL, assay = NULL, layer = NULL,
-                                   method = "anchor", saliency = TRUE, neighbors = NULL) {
+                                   method = "anchor", saliency = TRUE, neighbors = NULL,
+                                   over_clustering = NULL) {
   need("SeuratObject", "for Seurat objects")
   assay <- assay %||% SeuratObject::DefaultAssay(object)
   batch <- meta_values(object, batch, "batch", ncol(object))
+  clusters <- cluster_values(object, over_clustering)
   res <- annotate_matrix(seurat_expr(object, assay, layer), model, batch = batch, method = method,
-                         saliency = saliency, neighbors = neighbors, ...)
+                         saliency = saliency, neighbors = neighbors, clusters = clusters, ...)
   object <- SeuratObject::AddMetaData(object, res$table)
   object[["schash"]] <- SeuratObject::CreateDimReducObject(
     embeddings = res$codes, key = "schash_", assay = assay, misc = list(method = method)
@@ -121,11 +137,12 @@ scores_assay <- function(scores) {
 #' @export
 schash_annotate.SingleCellExperiment <- function(object, model, ..., batch = NULL, assay = NULL,
                                                  method = "anchor", saliency = TRUE,
-                                                 neighbors = NULL) {
+                                                 neighbors = NULL, over_clustering = NULL) {
   need("SingleCellExperiment", "for SingleCellExperiment objects")
   batch <- meta_values(object, batch, "batch", ncol(object))
+  clusters <- cluster_values(object, over_clustering)
   res <- annotate_matrix(sce_expr(object, assay), model, batch = batch, method = method,
-                         saliency = saliency, neighbors = neighbors, ...)
+                         saliency = saliency, neighbors = neighbors, clusters = clusters, ...)
   cd <- SummarizedExperiment::colData(object)
   for (col in names(res$table)) cd[[col]] <- res$table[[col]]
   cd$schash_scores <- res$scores
@@ -139,7 +156,7 @@ schash_annotate.SingleCellExperiment <- function(object, model, ..., batch = NUL
 }
 
 annotate_matrix <- function(m, model, batch = NULL, method = "anchor", saliency = TRUE, k = 15,
-                            neighbors = NULL, ...) {
+                            neighbors = NULL, clusters = NULL, ...) {
   extra <- list(...)
   if (length(extra)) {
     stop("unused argument(s): ", paste(names(extra), collapse = ", "), call. = FALSE)
@@ -147,11 +164,18 @@ annotate_matrix <- function(m, model, batch = NULL, method = "anchor", saliency 
   method <- match.arg(method, c("anchor", "knn"))
   neighbors <- check_neighbors(neighbors)
   batch <- label_list(batch, ncol(m), "batch")
+  if (isTRUE(clusters)) {
+    clusters <- "codes"
+  } else if (!is.null(clusters)) {
+    if (isFALSE(clusters)) stop("over_clustering must be NULL, TRUE, a column name or a vector", call. = FALSE)
+    clusters <- label_list(clusters, ncol(m), "over_clustering cluster")
+  }
   py <- model_py(model)
   x <- to_py_cells(m)
   res <- py_call(schash_bridge()$annotate_matrix(py, x$X, x$genes, x$cells, method = method,
                                                  k = as.integer(k), saliency = isTRUE(saliency),
-                                                 neighbors = neighbors, batches = batch))
+                                                 neighbors = neighbors, batches = batch,
+                                                 clusters = clusters))
   table <- py_table(res$table, x$cells, res$levels)
   if ("schash_neighbor_batch" %in% names(table)) {
     table$schash_neighbor_batch <- factor(as.character(table$schash_neighbor_batch),
@@ -188,6 +212,20 @@ annotate_matrix <- function(m, model, batch = NULL, method = "anchor", saliency 
   }
   list(table = table, codes = codes, saliency = sal, composition = comp, scores = scores, misc = misc,
        ref_map = ref_map, ref_map_name = ref_map_name)
+}
+
+# Clusters for majority voting: a metadata column's values, a vector, or TRUE (from the codes).
+# A name that is not a column means "compute them", as in Python's annotate(over_clustering=).
+cluster_values <- function(object, over_clustering) {
+  if (is.character(over_clustering) && length(over_clustering) == 1 && ncol(object) != 1) {
+    meta <- cell_meta(object)
+    if (!over_clustering %in% colnames(meta)) {
+      message("no cell-metadata column '", over_clustering, "': over-clustering the cells by their schash codes")
+      return(TRUE)
+    }
+    return(meta[[over_clustering]])
+  }
+  over_clustering
 }
 
 check_neighbors <- function(neighbors) {

@@ -32,8 +32,12 @@ py_table <- function(tab, cells, levels) {
   tab <- lapply(tab, function(v) if (is.list(v)) unlist(v) else as.vector(v))
   df <- as.data.frame(tab, stringsAsFactors = FALSE)
   rownames(df) <- unlist(cells)
-  for (col in c("label", "pruned_label")) {
+  for (col in intersect(c("label", "pruned_label", "majority_label"), names(df))) {
     df[[col]] <- factor(as.character(df[[col]]), levels = unlist(levels))
+  }
+  if ("over_clustering" %in% names(df)) {
+    df$over_clustering <- factor(df$over_clustering, levels = unique(df$over_clustering[order(
+      as.integer(df$over_clustering))]))
   }
   names(df) <- paste0("schash_", names(df))
   df

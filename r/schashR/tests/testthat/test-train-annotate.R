@@ -172,3 +172,18 @@ test_that("query batches: a metadata column or a vector, the same as Python's ba
   p$empty_type <- as.character(p$RNA_snn_res.1); p$empty_type[1] <- ""
   expect_error(schash_train(p, cell_type = "empty_type"), "1 cells have an empty cell type")
 })
+
+test_that("majority voting over Seurat clusters, or clusters computed from the codes", {
+  skip_if_no_schash()
+  p <- pbmc()
+  a <- schash_annotate(p, pbmc_model(), over_clustering = "RNA_snn_res.0.8", saliency = FALSE)
+  expect_true(is.factor(a$schash_majority_label))
+  expect_equal(levels(a$schash_majority_label), c("0", "1", "2", "Unassigned"))
+  per_cluster <- tapply(as.character(a$schash_majority_label), a$RNA_snn_res.0.8, function(v) length(unique(v)))
+  expect_true(all(per_cluster == 1))
+  expect_true(all(a$schash_majority_share > 0 & a$schash_majority_share <= 1))
+  expect_message(b <- schash_annotate(p, pbmc_model(), over_clustering = "no_such", saliency = FALSE),
+                 "over-clustering the cells by their schash codes")
+  expect_true(is.factor(b$schash_over_clustering))
+  expect_error(schash_annotate(p, pbmc_model(), over_clustering = rep("a", 3)), "3 over_clustering cluster values")
+})
