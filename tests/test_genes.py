@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from importlib import resources
 from pathlib import Path
 
@@ -263,17 +262,13 @@ def test_bad_input_is_refused_with_the_fix():
     assert len(names) == 0 and rep["missing"] == 1
 
 
-def test_thirty_thousand_query_genes_onto_two_thousand_map_in_well_under_a_second():
+def test_thirty_thousand_query_genes_onto_two_thousand_mixed_model_genes():
+    # (its speed is measured in bench/gene_mapping.py; timing does not belong in unit tests)
     genes = shipped("human_genes.tsv.gz").drop_duplicates("symbol").sample(30_000, random_state=0)
     model_part = genes.sample(2000, random_state=1)
     model = [f"{i}.3" for i in model_part.ensembl_id[:1000]] + model_part.symbol[1000:].tolist()
     rec = identifiers(model)
     query = genes.symbol.str.capitalize().tolist()  # a mouse-style query: steps (a) to (e) all run
-    map_query(query, model, rec.ensembl_id, rec.symbol)  # tables loaded
-    best = float("inf")
-    for _ in range(2):
-        t0 = time.perf_counter()
-        _, rep = map_query(query, model, rec.ensembl_id, rec.symbol)
-        best = min(best, time.perf_counter() - t0)
-    assert best < 1.0, best
+    new, rep = map_query(query, model, rec.ensembl_id, rec.symbol)
     assert rep["missing"] < 100, rep["summary"]
+    assert rep["by_id_mapping"] + rep["by_case"] > 1900 and new.is_unique

@@ -28,6 +28,7 @@ def annotate(
     method: Literal["anchor", "knn"] = "anchor",
     k: int = 15,
     batch_key: str | None = None,
+    species: Literal["human", "mouse"] | None = None,
     neighbors: int | None = None,
     over_clustering: str | None = None,
     key_added: str = "schash",
@@ -49,8 +50,10 @@ def annotate(
     ``obsm[f"{key_added}_scores"]`` (cells × types scores in [0, 1]: ``1 - d / n_bits`` for the
     Hamming distance ``d`` to each type's anchor; a DataFrame), with a reference map
     (``model.set_reference_map()``) ``obsm[f"X_{key_added}_umap"]`` (the cells placed on it) and
-    ``uns[key_added]`` (the parameters, gene overlap, the detected input kind, and the
-    keys this run created).  With ``neighbors=k``, also the
+    ``uns[key_added]`` (the parameters, gene overlap, the detected input kind, how the query's
+    genes were matched to the model's — by name, across Ensembl IDs and symbols, version
+    suffixes, case or, with ``species="mouse"`` on a human model, one-to-one orthologues —
+    in ``uns[key_added]["gene_mapping"]``, and the keys this run created).  With ``neighbors=k``, also the
     composition of the ``k`` nearest reference cells: ``obsm[f"{key_added}_cell_type_composition"]``
     and, when the reference had batches, ``obsm[f"{key_added}_batch_composition"]`` (DataFrames,
     rows sum to 1) and ``obs[f"{key_added}_neighbor_batch"]`` (the majority batch).  With
@@ -66,7 +69,8 @@ def annotate(
     Everything is computed before anything is written: an error leaves ``adata`` as it was.
     A new run with the same ``key_added`` replaces every field of the earlier one; a field
     that schash did not create is never overwritten (choose another ``key_added``).
-    ``progress=None`` shows bars only when stderr is an interactive terminal.
+    ``progress=None`` shows bars only when stderr is an interactive terminal.  ``species``:
+    ``"mouse"`` for a mouse query on a human model (or the reverse), see :meth:`SchashModel.predict`.
 
     Returns
     -------
@@ -83,7 +87,8 @@ def annotate(
         clusters = adata.obs[over_clustering].to_numpy() if over_clustering in adata.obs else "codes"
     # refuse before the work
     _fields_to_replace(adata, key_added, _new_keys(model, key_added, neighbors, clusters))
-    result = annotation(model, adata, layer=layer, method=method, k=k, batch_key=batch_key, neighbors=neighbors,
+    result = annotation(model, adata, layer=layer, method=method, k=k, batch_key=batch_key, species=species,
+                        neighbors=neighbors,
                         clusters=clusters, chunk_size=chunk_size, progress=progress, cells=adata.obs_names)
     if copy:
         adata = adata.copy()

@@ -133,7 +133,7 @@ QUERY_BATCH = "schash_query_batch"  # the obs column the query's batches travel 
 
 @_r_call
 def annotate_matrix(model, X, genes, cells, method="anchor", k=15, saliency=True, n_top_cell=5, neighbors=None,
-                    batches=None, clusters=None):
+                    batches=None, clusters=None, species=None):
     """Annotate a cells × genes matrix.
 
     ``batches``: the query's batches, one per cell (R's ``batch=``), used like
@@ -162,6 +162,7 @@ def annotate_matrix(model, X, genes, cells, method="anchor", k=15, saliency=True
         if len(clusters) != adata.n_obs:
             raise InputError(f"{len(clusters)} clusters for {adata.n_obs} cells")
     res = annotation(model, adata, method=str(method), k=int(k), batch_key=batch_key, clusters=clusters,
+                     species=None if species is None else str(species),
                      neighbors=int(neighbors) if neighbors is not None and int(neighbors) > 0 else None,
                      progress=False)
     table = res.table
@@ -170,7 +171,7 @@ def annotate_matrix(model, X, genes, cells, method="anchor", k=15, saliency=True
            "composition": {by: _matrix(comp) for by, comp in res.compositions.items()} or None,
            "batch_levels": [str(c) for c in res.compositions["batch"].columns] if "batch" in res.compositions
            else None,
-           "n_genes_matched": int(res.encoded.n_genes_matched)}
+           "n_genes_matched": int(res.encoded.n_genes_matched), "gene_mapping": res.record["gene_mapping"]}
     if saliency:
         sal = compute_saliency(model, adata, n_top_cell=int(n_top_cell), batch_key=batch_key)
         table["top_genes"] = sal.cell_top_genes.to_numpy()

@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--chunk-size", type=int, default=8192, help="cells read and encoded at a time")
     a.add_argument("--layer")
     a.add_argument("--batch-key", help="standardise each query batch on its own")
+    a.add_argument("--species", choices=("human", "mouse"), help="the query's species when it is not the "
+                   "reference's: genes are mapped by one-to-one orthologues")
     a.add_argument("--method", choices=("anchor", "knn"), default="anchor")
     a.add_argument("-k", type=int, default=15, help="neighbours for --method knn")
     a.add_argument("--over-clustering", metavar="COLUMN", help="majority voting over the clusters in this obs "
@@ -134,7 +136,7 @@ def _annotate(args) -> None:
             obs = src.obs
             clusters = obs[args.over_clustering].to_numpy() if args.over_clustering in obs else "codes"
     res = annotation(model, args.query, layer=args.layer, method=args.method, k=args.k, batch_key=args.batch_key,
-                     clusters=clusters, chunk_size=args.chunk_size, progress=args.progress)
+                     species=args.species, clusters=clusters, chunk_size=args.chunk_size, progress=args.progress)
     df, enc = res.table, res.encoded
     query = None
     if args.output:  # everything computed before the first file is written
@@ -157,6 +159,7 @@ def _annotate(args) -> None:
         write_csv()
     print(f"annotated {len(df)} cells ({enc.n_genes_matched} of {len(model.genes)} model genes found, input "
           f"detected as {enc.kind}); written to {' and '.join(outputs)}")
+    print(f"genes: {enc.gene_mapping['summary']}")
     print(df["pruned_label"].value_counts().to_string())
 
 

@@ -18,6 +18,11 @@ layer
 batch_key
     An ``obs`` column: under ``scale="batch"`` each of its groups is standardised on its
     own; a model with the default ``scale="reference"`` scales every cell alike.
+species
+    ``"human"`` or ``"mouse"``: the species of the input when it is not the reference's; its
+    genes are then mapped to the model's by one-to-one orthologues (Ensembl 105).  Without it,
+    genes named otherwise than the model's (Ensembl IDs vs symbols, version suffixes, case)
+    are mapped automatically wherever names alone miss model genes.
 chunk_size
     Cells read and encoded at a time; bounds the memory a call needs.
 progress

@@ -40,19 +40,24 @@ class Encoded:
     n_genes_matched: int
     kind: str = "counts"  # what the input was detected as (see schash._values.detect_kind)
     projected: np.ndarray | None = None  # cells × (PCA + residual) in the novelty scorer's space
+    gene_mapping: dict | None = None  # how the input's genes were matched to the model's (schash._genes)
 
 
 class ScaledPass:
     """The scaled rows of a source for a model's preprocessing (see the module docstring).
 
-    ``groups`` (one code per cell) overrides ``batch_key``; ``kind`` overrides detection.
+    ``groups`` (one code per cell) overrides ``batch_key``; ``kind`` overrides detection.  The
+    input's genes are matched to the model's by name, or mapped across identifier kinds (and from
+    ``species`` to the model's) where names alone miss model genes (:meth:`Preprocessor.query_genes`).
     """
 
     def __init__(self, pre: Preprocessor, src: Source, *, batch_key=None, groups=None, kind=None,
-                 chunk_size: int = 8192, min_gene_overlap: float = 0.3, progress: bool = False):
+                 species: str | None = None, chunk_size: int = 8192, min_gene_overlap: float = 0.3,
+                 progress: bool = False):
         from tqdm.auto import tqdm
 
         self.pre, self.src = pre, src
+        self.genes, self.gene_mapping = pre.query_genes(src.genes, species)
         self.chunk_size = _args.whole("chunk_size", chunk_size)
         _args.number("min_gene_overlap", min_gene_overlap, lo=0, hi=1)
         if kind is None:
@@ -74,7 +79,7 @@ class ScaledPass:
         nnz = np.zeros(src.n, dtype=np.int64)
         self._cache, cached_bytes, present = [], 0, np.zeros(G, dtype=bool)
         for i, (a, b) in enumerate(tqdm(self.bounds, desc="schash read", disable=not progress, unit="chunk")):
-            F, present, _ = pre.features(src.chunk(a, b), kind=kind, min_overlap=min_gene_overlap,
+            F, present, _ = pre.features(self._chunk(a, b), kind=kind, min_overlap=min_gene_overlap,
                                          what="query", report=i == 0)
             F = sparse.csr_matrix(F)
             if own_stats:
@@ -95,9 +100,14 @@ class ScaledPass:
         for (a, b), F in zip(tqdm(self.bounds, desc="schash encode", disable=not self.progress, unit="chunk"),
                              self._cache, strict=True):
             if F is None:
-                F = sparse.csr_matrix(self.pre.features(self.src.chunk(a, b), kind=self.kind, min_overlap=0,
+                F = sparse.csr_matrix(self.pre.features(self._chunk(a, b), kind=self.kind, min_overlap=0,
                                                         report=False)[0])
             yield a, b, Scaled(F, self.groups[a:b], self.mean, self.std, self.present, self.pre.clip)
+
+    def _chunk(self, a: int, b: int):
+        expr = self.src.chunk(a, b)
+        expr.genes = self.genes  # the names matched to the model's
+        return expr
 
     def reference_scaled(self, block: Scaled) -> Scaled:
         """``block`` scaled with the reference's statistics (how typicality judges every cell)."""
@@ -140,4 +150,4 @@ class Encoder:
             projected = np.concatenate(coords)
             typ = self.novelty.typicality(projected, np.concatenate(margin))
         return Encoded(src.cells, codes, typ, scaled.empty, scaled.n_genes_matched, scaled.kind,
-                       projected if keep_projected else None)
+                       projected if keep_projected else None, scaled.gene_mapping)

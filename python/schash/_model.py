@@ -78,8 +78,8 @@ class SchashModel:
 
     # -- encoding ----------------------------------------------------------------------------
     @_docs.inputs
-    def encoded(self, data, *, genes=None, layer=None, batch_key=None, chunk_size: int = 8192,
-                min_gene_overlap: float = 0.3, progress: bool | None = None) -> Encoded:
+    def encoded(self, data, *, genes=None, layer=None, batch_key=None, species: str | None = None,
+                chunk_size: int = 8192, min_gene_overlap: float = 0.3, progress: bool | None = None) -> Encoded:
         """One encoding pass over ``data``: codes, typicality, empty cells, genes matched (for :meth:`call`).
 
         Parameters
@@ -88,7 +88,7 @@ class SchashModel:
         """
         progress = _args.progress(progress)
         with Source(data, genes, layer) as src:
-            return self.encoder.run(src, batch_key=batch_key, chunk_size=chunk_size,
+            return self.encoder.run(src, batch_key=batch_key, species=species, chunk_size=chunk_size,
                                     min_gene_overlap=min_gene_overlap, progress=progress,
                                     keep_projected=self.ref_map is not None)
 
@@ -107,7 +107,8 @@ class SchashModel:
     # -- annotation --------------------------------------------------------------------------
     @_docs.inputs
     def predict(self, data, *, genes=None, layer=None, method: Literal["anchor", "knn"] = "anchor", k: int = 15,
-                batch_key: str | None = None, chunk_size: int = 8192, progress: bool | None = None) -> pd.DataFrame:
+                batch_key: str | None = None, species: Literal["human", "mouse"] | None = None,
+                chunk_size: int = 8192, progress: bool | None = None) -> pd.DataFrame:
         """Annotate the cells of ``data``; returns a DataFrame indexed by cell.
 
         Columns: ``label`` (nearest type), ``pruned_label`` (``"Unassigned"`` where the
@@ -125,8 +126,8 @@ class SchashModel:
             Nearest anchor, or a vote among the ``k`` nearest reference cells (``"knn"``).
         """
         _args.call(len(self.ref_labels), method=method, k=k, chunk_size=chunk_size)  # before the work
-        enc = self.encoded(data, genes=genes, layer=layer, batch_key=batch_key, chunk_size=chunk_size,
-                           progress=progress)
+        enc = self.encoded(data, genes=genes, layer=layer, batch_key=batch_key, species=species,
+                           chunk_size=chunk_size, progress=progress)
         return self.call(enc, method=method, k=k)
 
     def call(self, enc: Encoded, *, method: Literal["anchor", "knn"] = "anchor", k: int = 15) -> pd.DataFrame:

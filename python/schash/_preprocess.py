@@ -27,6 +27,7 @@ from scipy import sparse
 
 from ._data import Expr
 from ._errors import GeneOverlapError, InputError
+from ._genes import identifiers, map_query, species_of
 from ._logging import logger
 from ._scaled import Scaled, column_stats, column_sums, stats_from_sums
 from ._values import detect_kind, log_normalise
@@ -90,8 +91,9 @@ def align_genes(X, genes: pd.Index, target: pd.Index, *, min_overlap: float = 0.
     if frac < min_overlap:
         raise GeneOverlapError(
             f"only {n_match} of the model's {len(target)} genes ({frac:.0%}) are in the {what} "
-            f"(needed: {min_overlap:.0%}); e.g. missing: {list(target[~present][:5])}. Check that the "
-            "query uses the same gene identifiers as the reference (symbols vs Ensembl IDs) and is cells × genes"
+            f"(needed: {min_overlap:.0%}), after mapping gene symbols, Ensembl IDs, version suffixes and case; "
+            f"e.g. missing: {list(target[~present][:5])}. Check that the query is cells × genes and of the "
+            "reference's species (for a mouse query on a human model pass species='mouse')"
         )
     if n_match < len(target) and report:
         msg = (
@@ -125,6 +127,11 @@ class Preprocessor:
     clip: float = 10.0
     std_floor: float = 1e-2
     input_kind: str = "log"  # what the reference held; the reference database is encoded as such
+    # both identifier kinds of every model gene where known (GENCODE 44), and the reference's species,
+    # for mapping queries named otherwise (schash._genes); None in models saved before they were kept
+    gene_ids: list | None = None
+    gene_symbols: list | None = None
+    species: str | None = None
 
     def features(self, expr: Expr, *, kind: str | None = None, min_overlap: float = 0.3, what: str = "query",
                  report: bool = True):
@@ -136,6 +143,21 @@ class Preprocessor:
         if self.transform == "rank":
             F = rank_transform(F)
         return F, present, kind
+
+    def query_genes(self, genes: pd.Index, species: str | None = None) -> tuple[pd.Index, dict]:
+        """The query's gene names renamed to the model's where they are the same genes named otherwise.
+
+        Mapping (:func:`schash._genes.map_query`) runs only when a model gene is missing by
+        exact name or ``species`` is given; returns the names and a report of what matched how.
+        """
+        if species is None and self.genes.isin(genes).all():
+            n = len(self.genes)
+            return genes, {"n_model_genes": n, "direct": n, "missing": 0,
+                           "summary": f"{n} of {n} model genes found in the query by name"}
+        ids = self.gene_ids if self.gene_ids is not None else None
+        new, report = map_query(genes, self.genes, ids, self.gene_symbols if ids is not None else None,
+                                species=species, model_species=self.species)
+        return pd.Index(new), report
 
     def query_stats(self, F, groups: np.ndarray | None = None):
         """Scaling statistics for a query: its own (per group) under ``scale="batch"``, else the reference's."""
@@ -171,6 +193,9 @@ class Preprocessor:
             "clip": self.clip,
             "std_floor": self.std_floor,
             "input_kind": self.input_kind,
+            **({"gene_ids": list(self.gene_ids), "gene_symbols": list(self.gene_symbols)}
+               if self.gene_ids is not None else {}),
+            **({"species": self.species} if self.species is not None else {}),
         }
 
     @classmethod
@@ -195,9 +220,12 @@ def fit_preprocessor(expr: Expr, *, n_top_genes, batches, transform, scale,
     if transform == "rank":
         F = rank_transform(F)
     ref_mean, ref_std = column_stats(F)
+    species = species_of(expr.genes)
+    known = identifiers(genes, species=species)
     pre = Preprocessor(
         genes=genes, ref_mean=ref_mean[0], ref_std=np.maximum(ref_std[0], 1e-2),
         transform=transform, scale=scale, target_sum=target_sum, input_kind=kind,
+        gene_ids=list(known["ensembl_id"]), gene_symbols=list(known["symbol"]), species=species,
     )
     if scale == "batch" and batches is not None:
         codes, _ = pd.factorize(pd.Series(batches).astype(str))

@@ -42,8 +42,8 @@ class Annotation:
 
 
 def annotation(model: SchashModel, data, *, genes=None, layer=None, method="anchor", k: int = 15,
-               batch_key=None, neighbors: int | None = None, clusters=None, chunk_size: int = 8192, progress=None,
-               cells=None) -> Annotation:
+               batch_key=None, species=None, neighbors: int | None = None, clusters=None, chunk_size: int = 8192,
+               progress=None, cells=None) -> Annotation:
     """Encode ``data`` once and build every output of an annotation (see :func:`schash.annotate`).
 
     ``clusters``: one cluster id per cell to vote over (majority voting, :mod:`schash._voting`),
@@ -52,8 +52,8 @@ def annotation(model: SchashModel, data, *, genes=None, layer=None, method="anch
     """
     _args.call(len(model.ref_labels), method=method, k=k, neighbors=neighbors, chunk_size=chunk_size)
     progress = _args.progress(progress)
-    enc = model.encoded(data, genes=genes, layer=layer, batch_key=batch_key, chunk_size=chunk_size,
-                        progress=progress)
+    enc = model.encoded(data, genes=genes, layer=layer, batch_key=batch_key, species=species,
+                        chunk_size=chunk_size, progress=progress)
     cells = enc.cells if cells is None else cells
     table = model.call(enc, method=method, k=k)
     table.index = cells
@@ -81,5 +81,17 @@ def annotation(model: SchashModel, data, *, genes=None, layer=None, method="anch
         "n_genes_matched": enc.n_genes_matched,
         "n_genes_model": len(model.pre.genes),
         "input_kind": enc.kind,
+        "gene_mapping": _storable(enc.gene_mapping or {}),
     }
     return result
+
+
+def _storable(report: dict) -> dict:
+    """A gene-mapping report as ``uns`` can store it in an ``.h5ad`` (no None values)."""
+    out = {}
+    for key, value in report.items():
+        if isinstance(value, dict):
+            out[key] = _storable(value)
+        elif value is not None:
+            out[key] = value
+    return out

@@ -116,6 +116,13 @@ def check_meta(meta, path) -> None:
     genes = c.strings("preprocessing.genes", pre["genes"], min_len=1)
     if len(genes) != mod["n_genes"]:
         c.fail(f"module.n_genes is {mod['n_genes']} but the model lists {len(genes)} genes")
+    for key in ("gene_ids", "gene_symbols"):  # optional: absent from models saved before they were kept
+        if key in pre:
+            v = pre[key]
+            if not isinstance(v, list) or len(v) != len(genes) or not all(x is None or isinstance(x, str) for x in v):
+                c.fail(f"preprocessing.{key} must list a name or null for each of the {len(genes)} genes")
+    if pre.get("species") not in (None, "human", "mouse"):
+        c.fail(f"preprocessing.species is {_short(pre['species'])}, not 'human', 'mouse' or absent")
     for key, allowed in (("transform", TRANSFORMS), ("scale", SCALES), ("input_kind", KINDS)):
         if key in pre and pre[key] not in allowed:
             c.fail(f"preprocessing.{key} is {_short(pre[key])}, not one of {allowed}")

@@ -55,7 +55,11 @@
 #' @param model A `schash_model`.
 #' @param batch `NULL`, or the query's batches: the name of a cell-metadata column
 #'   (Seurat, SingleCellExperiment) or a vector with one value per cell.
-#' @param ... `assay`, `layer` as in [schash_train()]; `k` (neighbours for `"knn"`).
+#' @param ... `assay`, `layer` as in [schash_train()]; `k` (neighbours for `"knn"`);
+#'   `species` (`"mouse"` for a mouse query on a human model, or the reverse: genes are
+#'   mapped by one-to-one orthologues).  Genes named otherwise than the model's (Ensembl IDs
+#'   vs symbols, version suffixes, case) are mapped automatically; how they matched is in
+#'   `Misc(object, "schash")$gene_mapping` (Seurat) / `metadata(object)$schash$gene_mapping`.
 #' @param method `"anchor"` or `"knn"`.
 #' @param saliency Compute per-type and per-cell gene saliency.
 #' @param neighbors `NULL`, or the number of nearest reference cells whose
@@ -156,7 +160,7 @@ schash_annotate.SingleCellExperiment <- function(object, model, ..., batch = NUL
 }
 
 annotate_matrix <- function(m, model, batch = NULL, method = "anchor", saliency = TRUE, k = 15,
-                            neighbors = NULL, clusters = NULL, ...) {
+                            neighbors = NULL, clusters = NULL, species = NULL, ...) {
   extra <- list(...)
   if (length(extra)) {
     stop("unused argument(s): ", paste(names(extra), collapse = ", "), call. = FALSE)
@@ -175,7 +179,9 @@ annotate_matrix <- function(m, model, batch = NULL, method = "anchor", saliency 
   res <- py_call(schash_bridge()$annotate_matrix(py, x$X, x$genes, x$cells, method = method,
                                                  k = as.integer(k), saliency = isTRUE(saliency),
                                                  neighbors = neighbors, batches = batch,
-                                                 clusters = clusters))
+                                                 clusters = clusters, species = species))
+  gm <- res$gene_mapping
+  if (!is.null(gm$by_id_mapping)) message("schash: ", gm$summary)  # genes were matched otherwise than by name
   table <- py_table(res$table, x$cells, res$levels)
   if ("schash_neighbor_batch" %in% names(table)) {
     table$schash_neighbor_batch <- factor(as.character(table$schash_neighbor_batch),
@@ -195,8 +201,8 @@ annotate_matrix <- function(m, model, batch = NULL, method = "anchor", saliency 
   sal <- py_matrix(res$saliency)
   scores <- py_matrix(res$scores)
   rownames(scores) <- rownames(table)
-  misc <- list(saliency = sal, score_types = colnames(scores), method = method, batch = !is.null(batch), n_genes_matched = res$n_genes_matched,
-               n_genes_model = model$info$n_genes)
+  misc <- list(saliency = sal, score_types = colnames(scores), method = method, batch = !is.null(batch),
+               n_genes_matched = res$n_genes_matched, n_genes_model = model$info$n_genes, gene_mapping = gm)
   if (!is.null(comp)) {
     misc$composition <- comp
     misc$neighbors <- neighbors

@@ -187,3 +187,16 @@ test_that("majority voting over Seurat clusters, or clusters computed from the c
   expect_true(is.factor(b$schash_over_clustering))
   expect_error(schash_annotate(p, pbmc_model(), over_clustering = rep("a", 3)), "3 over_clustering cluster values")
 })
+
+test_that("a query in Ensembl IDs is mapped onto a model trained on symbols", {
+  skip_if_no_schash()
+  p <- pbmc()
+  m <- as.matrix(SeuratObject::GetAssayData(p, slot = "counts"))
+  ids <- reticulate::import("schash._genes")$identifiers(rownames(m))$ensembl_id
+  ids <- vapply(seq_along(ids), function(i) if (is.null(ids[[i]])) rownames(m)[i] else paste0(ids[[i]], ".3"),
+                character(1))
+  by_name <- schash_annotate(m, pbmc_model(), saliency = FALSE)
+  rownames(m) <- make.unique(ids)
+  expect_message(by_id <- schash_annotate(m, pbmc_model(), saliency = FALSE), "through the ID/symbol table")
+  expect_equal(by_id$schash_label, by_name$schash_label)
+})
