@@ -61,7 +61,7 @@ def test_query_with_missing_genes_and_other_gene_order(synth_model, synth):
     assert (df["label"].astype(str).to_numpy() == synth.obs["cell_type"].astype(str).to_numpy()).mean() > 0.9
     other = synth.copy()
     other.var_names = [f"x{i}" for i in range(other.n_vars)]
-    with pytest.raises(schash.GeneOverlapError, match="same gene identifiers"):
+    with pytest.raises(schash.GeneOverlapError, match="after mapping gene symbols, Ensembl IDs"):
         synth_model.predict(other)
 
 

@@ -134,20 +134,19 @@ class Encoder:
         return np.concatenate(out) if out else np.zeros((0, self.anchors.shape[1] // 8), np.uint8)
 
     def run(self, src: Source, *, keep_projected: bool = False, progress: bool = False, **kwargs) -> Encoded:
-        """Encode every cell of ``src``: codes and, with a novelty scorer, typicality."""
+        """Encode every cell of ``src``: codes and, with a novelty scorer, typicality (and with
+        ``keep_projected`` each cell's coordinates in the scorer's PCA space, for a reference map)."""
         scaled = self.scaled(src, progress=progress, **kwargs)
-        codes, coords, margin = [], [], []
+        codes, typ, coords = [], [], []
         for _, _, block in scaled:
             logits = self.module.logits_sparse(block)  # sign(tanh(x)) == sign(x)
             codes.append(_hamming.pack(logits))
-            if self.novelty is not None:
+            if self.novelty is not None:  # per cell, so chunk by chunk
                 # typicality is judged against the reference's own scale, whatever `scale` the network uses
-                coords.append(self.novelty.project(scaled.reference_scaled(block)))
-                margin.append(margins(logits, self.anchors))
-        codes = np.concatenate(codes)
-        typ = projected = None
-        if self.novelty is not None:
-            projected = np.concatenate(coords)
-            typ = self.novelty.typicality(projected, np.concatenate(margin))
-        return Encoded(src.cells, codes, typ, scaled.empty, scaled.n_genes_matched, scaled.kind,
-                       projected if keep_projected else None, scaled.gene_mapping)
+                projected = self.novelty.project(scaled.reference_scaled(block))
+                typ.append(self.novelty.typicality(projected, margins(logits, self.anchors)))
+                if keep_projected:
+                    coords.append(projected)
+        return Encoded(src.cells, np.concatenate(codes), np.concatenate(typ) if typ else None, scaled.empty,
+                       scaled.n_genes_matched, scaled.kind, np.concatenate(coords) if coords else None,
+                       scaled.gene_mapping)

@@ -93,7 +93,7 @@ def align_genes(X, genes: pd.Index, target: pd.Index, *, min_overlap: float = 0.
             f"only {n_match} of the model's {len(target)} genes ({frac:.0%}) are in the {what} "
             f"(needed: {min_overlap:.0%}), after mapping gene symbols, Ensembl IDs, version suffixes and case; "
             f"e.g. missing: {list(target[~present][:5])}. Check that the query is cells × genes and of the "
-            "reference's species (for a mouse query on a human model pass species='mouse')"
+            "reference's species (a mouse query on a human model: pass species='mouse')"
         )
     if n_match < len(target) and report:
         msg = (

@@ -70,6 +70,15 @@ def _chunk_saliency(model, x, target, method, n_steps):
     return (grad * x).numpy() if method == "gradient_x_input" else grad.numpy()
 
 
+def _top_columns(g: np.ndarray, n: int) -> np.ndarray:
+    """Column indices of the ``n`` largest values of each row, largest first (a partial sort)."""
+    if n >= g.shape[1]:
+        return np.argsort(-g, axis=1, kind="stable")
+    part = np.argpartition(-g, n - 1, axis=1)[:, :n] if n else np.zeros((g.shape[0], 0), dtype=np.int64)
+    order = np.argsort(-np.take_along_axis(g, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
 def compute_saliency(model, data, *, genes=None, layer=None, by="label", method="gradient_x_input",
                      batch_key=None, n_top_cell: int = 5, chunk_size: int = 2048, n_steps: int = 16) -> Saliency:
     """Per-group mean saliency and each cell's top genes (see the module docstring)."""
@@ -103,8 +112,7 @@ def compute_saliency(model, data, *, genes=None, layer=None, by="label", method=
                 counts = np.concatenate([counts, np.zeros(len(index) - len(counts), dtype=np.int64)])
             np.add.at(sums, rows, g)
             counts += np.bincount(rows, minlength=len(counts))
-            idx = np.argsort(-g, axis=1)[:, :n_top_cell]
-            top.extend(",".join(r) for r in gene_names[idx])
+            top.extend(",".join(r) for r in gene_names[_top_columns(g, n_top_cell)])
     order = sorted(index)  # groups in sorted order, as columns
     rows = [index[name] for name in order]
     means = sums[rows] / counts[rows][:, None]

@@ -195,8 +195,9 @@ def train(
         # the reference database: every reference cell of a known type with expression, encoded
         # as queries are (reference batches scaled on their own under scale="batch")
         groups = pd.factorize(pd.Series(b_all))[0].astype(np.int64) if b_all is not None else None
-        enc = Encoder(pre, module, anchors, novelty).run(src, groups=groups, kind=pre.input_kind, progress=progress,
-                                                         keep_projected=coords is not None)
+        # (typicality is not needed here; the novelty scorer only places cells on a reference map)
+        enc = Encoder(pre, module, anchors, novelty if coords is not None else None).run(
+            src, groups=groups, kind=pre.input_kind, progress=progress, keep_projected=coords is not None)
     in_db = np.isin(y_all, types) & ~enc.empty
     ref_batches = batch_categories = None
     if b_all is not None:

@@ -204,6 +204,8 @@ clean_py_message <- function(msg) {
     "it looks like cells \u00d7 genes; schashR wants genes \u00d7 cells (genes in rows), so pass t(x)"),
   c("is the matrix genes \u00d7 cells\\? pass X\\.T", "is the matrix cells \u00d7 genes? pass t(x)"),
   c("and is cells \u00d7 genes", "and is genes \u00d7 cells (genes as row names)"),
+  c("query is cells \u00d7 genes and", "query is genes \u00d7 cells (genes as row names) and"),
+  c("pass species='mouse'", "pass species = \"mouse\""),
   c("pass labels= \\(a vector\\) or cell_type_key= \\(an obs column\\)",
     "pass cell_type = (a cell-metadata column name or a vector)"),
   c("lower min_cells_per_type to keep them", "lower min_cells_per_type (e.g. min_cells_per_type = 3) to keep them"),

@@ -12,6 +12,10 @@ test_that("Python's advice is translated for R users", {
   expect_match(shape, "genes \u00d7 cells \\(genes in rows\\), so pass t\\(x\\)")
   expect_match(adv("Check that the query uses the same gene identifiers ... and is cells \u00d7 genes"),
                "is genes \u00d7 cells")
+  overlap <- adv(paste("Check that the query is cells \u00d7 genes and of the reference's species",
+                       "(a mouse query on a human model: pass species='mouse')"))
+  expect_match(overlap, "query is genes \u00d7 cells (genes as row names) and", fixed = TRUE)
+  expect_match(overlap, 'pass species = "mouse"', fixed = TRUE)
   expect_match(adv("no cell types given: pass labels= (a vector) or cell_type_key= (an obs column)"),
                "pass cell_type =")
   expect_equal(adv("train() got an unexpected keyword argument 'foo'"), "train(): unused argument 'foo'")
