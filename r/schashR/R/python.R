@@ -215,14 +215,13 @@ clean_py_message <- function(msg) {
 
 # A message from Python with its Python advice replaced by R advice.
 r_advice <- function(msg) {
-  for (rule in .r_advice) {
-    out <- gsub(rule[[1]], rule[[2]], msg, perl = TRUE)
-    if (!identical(out, msg)) {
-      # the generic shape rule only where nothing more specific applied
-      return(out)
-    }
+  n <- length(.r_advice)
+  out <- msg
+  for (rule in .r_advice[-n]) out <- gsub(rule[[1]], rule[[2]], out, perl = TRUE)
+  if (identical(out, msg)) {  # the generic shape rule only where nothing more specific applied
+    out <- gsub(.r_advice[[n]][[1]], .r_advice[[n]][[2]], msg, perl = TRUE)
   }
-  msg
+  out
 }
 
 # Python warnings recorded by the bridge during the last call, as R warnings (class
