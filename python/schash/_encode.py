@@ -112,6 +112,8 @@ class ScaledPass:
     def reference_scaled(self, block: Scaled) -> Scaled:
         """``block`` scaled with the reference's statistics (how typicality judges every cell)."""
         pre = self.pre
+        if pre.scale == "reference":  # the network's scaling already is the reference's
+            return block
         return block.restat(np.zeros(block.shape[0], dtype=np.int64), pre.ref_mean[None], pre.ref_std[None])
 
 
@@ -133,17 +135,32 @@ class Encoder:
         out = [_hamming.pack(self.module.logits_sparse(X.slice(s, s + chunk))) for s in range(0, X.shape[0], chunk)]
         return np.concatenate(out) if out else np.zeros((0, self.anchors.shape[1] // 8), np.uint8)
 
+    def _logits_and_projection(self, block: Scaled, ref_block: Scaled) -> tuple[np.ndarray, np.ndarray]:
+        """The network's pre-tanh outputs and the novelty scorer's projection of a block; one sparse
+        product serves both when they scale the block alike (``scale="reference"``)."""
+        if ref_block is not block:
+            return self.module.logits_sparse(block), self.novelty.project(ref_block)
+        first, nov = self.module.net[0], self.novelty
+        w1 = first.weight.detach().numpy()
+        weight = np.vstack([w1, nov.components])
+        bias = np.concatenate([first.bias.detach().numpy(), -(nov.components @ nov.center)])
+        h = block.linear(weight, bias)
+        n = w1.shape[0]
+        return self.module.logits_from_first(h[:, :n]), nov.project_from(h[:, n:], block.sq_dist(nov.center))
+
     def run(self, src: Source, *, keep_projected: bool = False, progress: bool = False, **kwargs) -> Encoded:
         """Encode every cell of ``src``: codes and, with a novelty scorer, typicality (and with
         ``keep_projected`` each cell's coordinates in the scorer's PCA space, for a reference map)."""
         scaled = self.scaled(src, progress=progress, **kwargs)
         codes, typ, coords = [], [], []
         for _, _, block in scaled:
-            logits = self.module.logits_sparse(block)  # sign(tanh(x)) == sign(x)
+            if self.novelty is None:
+                logits = self.module.logits_sparse(block)  # sign(tanh(x)) == sign(x)
+            else:
+                # typicality is judged against the reference's own scale, whatever `scale` the network uses
+                logits, projected = self._logits_and_projection(block, scaled.reference_scaled(block))
             codes.append(_hamming.pack(logits))
             if self.novelty is not None:  # per cell, so chunk by chunk
-                # typicality is judged against the reference's own scale, whatever `scale` the network uses
-                projected = self.novelty.project(scaled.reference_scaled(block))
                 typ.append(self.novelty.typicality(projected, margins(logits, self.anchors)))
                 if keep_projected:
                     coords.append(projected)

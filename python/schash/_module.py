@@ -37,5 +37,9 @@ class HashMLP(nn.Module):
         The first layer is applied to the sparse data directly, the rest as usual.
         """
         first = self.net[0]
-        h = block.linear(first.weight.numpy(), first.bias.numpy())
-        return self.net[1:](torch.from_numpy(h)).numpy()
+        return self.logits_from_first(block.linear(first.weight.numpy(), first.bias.numpy()))
+
+    @torch.no_grad()
+    def logits_from_first(self, h: np.ndarray) -> np.ndarray:
+        """Pre-tanh outputs from the first layer's outputs (inference only)."""
+        return self.net[1:](torch.from_numpy(np.ascontiguousarray(h, dtype=np.float32))).numpy()

@@ -61,6 +61,11 @@ class NoveltyScorer:
         else:
             coords = rows.linear(self.components, -(self.components @ self.center))
             total = rows.sq_dist(self.center)
+        return self.project_from(coords, total)
+
+    @staticmethod
+    def project_from(coords: np.ndarray, total: np.ndarray) -> np.ndarray:
+        """:meth:`project` from PCA coordinates and squared distances to the centre."""
         resid = np.sqrt(np.maximum(total - np.einsum("ij,ij->i", coords, coords), 0.0))
         return np.column_stack([coords, resid]).astype(np.float32)
 
