@@ -71,3 +71,24 @@ def test_training_from_file_with_subsampling_keeps_every_cell_in_the_database(sy
     m2 = schash.train(synth, cell_type_key="cell_type", batch_key="batch", max_cells_per_type=60,
                       max_epochs=5, progress=False)
     np.testing.assert_array_equal(m2.ref_codes, m.ref_codes)
+
+
+def test_adamw_matches_torch_bit_for_bit():
+    import torch
+
+    from schash._loop import AdamW
+
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(20, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 4))
+    b = torch.nn.Sequential(torch.nn.Linear(20, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 4))
+    b.load_state_dict(a.state_dict())
+    ours = AdamW(list(a.parameters()), lr=1e-2, weight_decay=1e-3)
+    ref = torch.optim.AdamW(b.parameters(), lr=1e-2, weight_decay=1e-3, foreach=False)
+    x = torch.randn(64, 20)
+    for _ in range(25):
+        for net, opt in ((a, ours), (b, ref)):
+            opt.zero_grad(set_to_none=True)
+            (net(x) ** 2).mean().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q)
