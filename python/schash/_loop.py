@@ -8,6 +8,7 @@ with the best macro F1 of nearest-anchor calls on a stratified validation split.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,8 +105,16 @@ class _Rows:
         F = X.F
         self.cfg, self.log_scale = cfg, log_scale
         self.augmenting = cfg.augment > 0 and log_scale
+        if sparse.issparse(F):
+            F = sparse.csr_matrix(F, dtype=np.float32)
+            if not F.has_canonical_format:  # a copy: the caller's matrix is never changed
+                F = F.copy()
+                F.sum_duplicates()
+            self.sparse = F
+        else:
+            self.sparse = None
         # sparse rows are augmented on their non-zero values only (zeros stay zeros), then made dense
-        self.csr = sparse.csr_matrix(F, dtype=np.float32) if sparse.issparse(F) and self.augmenting else None
+        self.csr = F if self.sparse is not None and self.augmenting else None
         self.F = F
         self.dense = None
         if self.csr is None and F.shape[0] * F.shape[1] * 4 <= cfg.dense_limit_bytes:
@@ -114,6 +123,35 @@ class _Rows:
         self.std = torch.from_numpy(np.asarray(X.std, dtype=np.float32))
         self.groups = torch.from_numpy(np.asarray(X.groups, dtype=np.int64))
         self.clip = float(X.clip)
+        mean, std = np.asarray(X.mean, dtype=np.float32), np.asarray(X.std, dtype=np.float32)
+        self.inv_sd, self.shift = torch.from_numpy(1.0 / std), torch.from_numpy(mean / std)
+        self.base = torch.from_numpy(np.clip(-mean / std, -self.clip, self.clip))  # z where x is 0, per group
+
+    def sparse_batch(self, b: np.ndarray, gen: torch.Generator | None = None) -> SparseBatch:
+        """Rows ``b`` for the sparse first layer: ``z - base`` at the stored values (see :class:`SparseBatch`)."""
+        from scipy import sparse
+
+        block = self.sparse[b]
+        n = len(b)
+        row_np = np.repeat(np.arange(n), np.diff(block.indptr))
+        row_of = torch.from_numpy(row_np)
+        values = torch.from_numpy(block.data.copy())
+        if gen is not None and self.augmenting:
+            values = augment_values(values, row_of, n, self.cfg, gen)
+        cols = torch.from_numpy(block.indices.astype(np.int64))
+        groups = self.groups[torch.from_numpy(b)]
+        if self.base.shape[0] == 1:
+            inv_sd, shift, base = self.inv_sd[0][cols], self.shift[0][cols], self.base[0][cols]
+        else:
+            g = groups[row_of]
+            inv_sd, shift, base = self.inv_sd[g, cols], self.shift[g, cols], self.base[g, cols]
+        delta = (values * inv_sd - shift).clamp_(-self.clip, self.clip) - base
+        d = delta.numpy()
+        shape = (n, block.shape[1])
+        transposed = sparse.csr_matrix((d, block.indices, block.indptr), shape=shape).T.tocsr()
+        return SparseBatch(_torch_csr(block.indptr, block.indices, delta, shape),
+                           _torch_csr(transposed.indptr, transposed.indices, torch.from_numpy(transposed.data),
+                                      shape[::-1]), groups, self.base)
 
     def get(self, b: np.ndarray, gen: torch.Generator | None = None) -> torch.Tensor:
         from scipy import sparse
@@ -136,6 +174,48 @@ class _Rows:
             x = augment(x, self.cfg, gen)
         g = self.groups[tb]
         return ((x - self.mean[g]) / self.std[g]).clamp_(-self.clip, self.clip)
+
+
+def _torch_csr(indptr, indices, values: torch.Tensor, shape) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch calls its sparse CSR support "beta"
+        return torch.sparse_csr_tensor(torch.from_numpy(np.asarray(indptr, dtype=np.int64)),
+                                       torch.from_numpy(np.asarray(indices, dtype=np.int64)), values, size=shape)
+
+
+class SparseBatch:
+    """Standardised rows as the first layer needs them: ``z = base_g + delta`` with ``delta`` as
+    sparse as the input (zero wherever the input is zero), so ``W z = W base_g + W delta`` costs
+    the non-zeros only.  ``delta_t`` is its transpose, for the weight gradient."""
+
+    def __init__(self, delta, delta_t, groups, base):
+        self.delta, self.delta_t, self.groups, self.base = delta, delta_t, groups, base
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+
+class _SparseLinear(torch.autograd.Function):
+    """``delta @ weight.T`` with its weight gradient ``(delta.T @ grad).T`` from a CSR transpose."""
+
+    @staticmethod
+    def forward(ctx, weight, delta, delta_t):
+        ctx.delta_t = delta_t
+        return delta @ weight.detach().t().contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (ctx.delta_t @ grad).t(), None, None
+
+
+def forward(model: HashMLP, batch) -> torch.Tensor:
+    """The network's output (tanh) for dense rows or a :class:`SparseBatch`."""
+    if not isinstance(batch, SparseBatch):
+        return model(batch)
+    first = model.net[0]
+    h = _SparseLinear.apply(first.weight, batch.delta, batch.delta_t)
+    h = h + (batch.base @ first.weight.t())[batch.groups] + first.bias
+    return torch.tanh(model.net[1:](h))
 
 
 def augment_values(values: torch.Tensor, row_of: torch.Tensor, n: int, cfg: TrainConfig,
@@ -181,9 +261,11 @@ def calibration_rows(X, cfg: TrainConfig, log_scale: bool, seed: int):
 
 
 def _batches(rows: _Rows, idx: np.ndarray, bs: int, device, gen=None):
+    """Batches of rows ``idx``: sparse on the CPU when the input is sparse, else dense."""
+    use_sparse = rows.sparse is not None and torch.device(device).type == "cpu"
     for s in range(0, len(idx), bs):
         b = idx[s : s + bs]
-        yield b, rows.get(b, gen).to(device)
+        yield b, (rows.sparse_batch(b, gen) if use_sparse else rows.get(b, gen).to(device))
 
 
 class AdamW:
@@ -274,7 +356,7 @@ def _train(X, y, anchors, *, cfg, seed, device, progress, log_scale):
         total, count = 0.0, 0
         for b, xb in _batches(rows, rng.permutation(tr), bs, dev, gen):
             yb = y_t[b].to(dev)
-            out = model(xb)
+            out = forward(model, xb)
             loss = _loss(out, target[yb], w[yb], cfg.quant_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -319,7 +401,7 @@ def _evaluate(model, rows, y, va, bs, dev, A, target, w, quant_weight):
     model.eval()
     preds, losses = [], []
     for b, xb in _batches(rows, va, bs * 4, dev):
-        out = model(xb)
+        out = forward(model, xb)
         yb = torch.from_numpy(y[b].astype(np.int64)).to(dev)
         losses.append(float(_loss(out, target[yb], w[yb], quant_weight)) * len(b))
         preds.append(predict_anchor(out, A).cpu().numpy())
