@@ -172,6 +172,16 @@ def test_files_without_levels_load_and_bad_levels_are_refused(model, tmp_path):
         schash.load(tmp_path / "bad.schash")
 
 
+def test_add_reference_takes_the_levels_too(model, ref):
+    import copy
+
+    m = copy.deepcopy(model)
+    n = len(m.ref_labels)
+    m.add_reference(ref[:20], cell_type_key=["coarse", "cell_type"])
+    assert len(m.ref_labels) == n + 20
+    assert (m.reference_obs()["cell_type"].iloc[n:].astype(str).to_numpy() == ref.obs["cell_type"][:20]).all()
+
+
 def test_annotate_writes_and_replaces_level_columns(model, ref):
     a = ref.copy()
     schash.annotate(a, model, progress=False)

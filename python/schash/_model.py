@@ -21,7 +21,7 @@ from ._anchors import min_pairwise_distance
 from ._data import UNASSIGNED, Source
 from ._encode import Encoded, Encoder
 from ._errors import InputError, LabelKeyError, ModelFileError
-from ._levels import Hierarchy
+from ._levels import Hierarchy, read_labels
 from ._module import HashMLP
 from ._novelty import NoveltyScorer
 from ._preprocess import Preprocessor
@@ -244,7 +244,7 @@ class SchashModel:
         anything :meth:`predict` accepts; labels and batches are vectors or ``obs`` columns.
         """
         with Source(data, genes, layer) as src:
-            y = src.column(cell_type_key, labels, "cell type")
+            y = read_labels(src, cell_type_key, labels)[0]  # label levels: the finest
             if y is None:
                 raise InputError("add_reference needs labels= or cell_type_key=")
             unknown = sorted(set(y) - set(self.cell_types))
