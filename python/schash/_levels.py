@@ -109,9 +109,10 @@ def check_nested(table: dict, cells) -> None:
                      for p, g in rows.groupby("upper", sort=True)]
             parts.append(f"{t!r} lies in {' and '.join(where)}")
         more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        verb = "does" if len(bad) == 1 else "do"
         raise InputError(
             f"the cell-type levels do not nest: each {lower!r} type must lie in one {upper!r} type, but "
-            f"{len(bad)} {'does' if len(bad) == 1 else 'do'} not{more}: {'; '.join(parts)}. Correct the labels, or give each such type one "
+            f"{len(bad)} {verb} not{more}: {'; '.join(parts)}. Correct the labels, or give each such type one "
             f"name per {upper!r} type (e.g. {lower} = {upper} + '/' + {lower} for its cells)")
 
 
