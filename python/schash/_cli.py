@@ -37,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model on a labelled reference .h5ad")
     t.add_argument("reference", help="reference .h5ad (counts or log-normalised)")
-    t.add_argument("--cell-type-key", required=True, help="obs column with the cell types")
+    t.add_argument("--cell-type-key", required=True, action="append",
+                   help="obs column with the cell types; label levels: several columns, coarsest first, "
+                   "comma-separated (coarse,fine) or the flag repeated")
     t.add_argument("--batch-key", help="obs column with batches (optional)")
     t.add_argument("--layer", help="layer to use instead of X")
     t.add_argument("-o", "--output", required=True, help="model file to write")
@@ -96,7 +98,9 @@ def _train(args) -> None:
     # before the training, not after it: a missing folder or an existing file ends the run now
     check_output(args.output, inputs=[args.reference], overwrite=args.overwrite, flag="--overwrite")
     # the path, not a loaded AnnData: train() reads only the training cells and streams the rest
-    model = train(args.reference, cell_type_key=args.cell_type_key, batch_key=args.batch_key, layer=args.layer,
+    keys = [k.strip() for arg in args.cell_type_key for k in arg.split(",")]  # label levels: several
+    model = train(args.reference, cell_type_key=keys if len(keys) > 1 else keys[0], batch_key=args.batch_key,
+                  layer=args.layer,
                   n_bits=args.n_bits, n_top_genes=args.n_top_genes, transform=args.transform, scale=args.scale,
                   augment=args.augment, min_cells_per_type=args.min_cells_per_type,
                   max_epochs=args.max_epochs, max_cells_per_type=args.max_cells_per_type, seed=args.seed,
@@ -161,6 +165,8 @@ def _annotate(args) -> None:
           f"detected as {enc.kind}); written to {' and '.join(outputs)}")
     print(f"genes: {enc.gene_mapping['summary']}")
     print(df["pruned_label"].value_counts().to_string())
+    if "resolved_level" in df:  # label levels: where each cell was resolved
+        print(df["resolved_level"].value_counts().to_string())
 
 
 def _info(args) -> None:
