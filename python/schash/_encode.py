@@ -9,6 +9,10 @@ statistics; iterating over it then yields the scaled rows a chunk at a time (kep
 first pass while they fit in :data:`CACHE_LIMIT_BYTES`, else read again).  A backed
 ``.h5ad`` is read chunk by chunk, so peak memory is bounded by the chunk, not the file, and
 in-memory input is cut into the same chunks, so both give identical codes.
+
+Dask input (:class:`schash._dask.DaskSource`) takes the same steps on Dask workers, a
+chunk per task (:mod:`schash._dask`): each chunk's rows, features and :meth:`Encoder.block`
+are computed by the same functions as here, which is why the results are identical.
 """
 
 from __future__ import annotations
@@ -95,14 +99,18 @@ class ScaledPass:
         for (a, b), F in zip(tqdm(self.bounds, desc="schash encode", disable=not self.progress, unit="chunk"),
                              self._cache, strict=True):
             if F is None:
-                F = sparse.csr_matrix(self.pre.features(self.src.chunk(a, b), kind=self.kind, min_overlap=0,
-                                                        report=False)[0])
+                F = chunk_features(self.pre, self.src.chunk(a, b), self.kind)
             yield a, b, Scaled(F, self.groups[a:b], self.mean, self.std, self.present, self.pre.clip)
 
     def reference_scaled(self, block: Scaled) -> Scaled:
         """``block`` scaled with the reference's statistics (how typicality judges every cell)."""
         pre = self.pre
         return block.restat(np.zeros(block.shape[0], dtype=np.int64), pre.ref_mean[None], pre.ref_std[None])
+
+
+def chunk_features(pre: Preprocessor, expr, kind: str):
+    """The features of one chunk's rows (CSR), as every chunk after the first pass is computed."""
+    return sparse.csr_matrix(pre.features(expr, kind=kind, min_overlap=0, report=False)[0])
 
 
 @dataclass(frozen=True)
@@ -123,21 +131,39 @@ class Encoder:
         out = [_hamming.pack(self.module.logits_sparse(X.slice(s, s + chunk))) for s in range(0, X.shape[0], chunk)]
         return np.concatenate(out) if out else np.zeros((0, self.anchors.shape[1] // 8), np.uint8)
 
+    def block(self, block: Scaled) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Packed codes, projected coordinates and typicality of one chunk of scaled rows.
+
+        Every value is per cell, computed from the chunk alone: chunks can be encoded anywhere
+        (a Dask worker) and give what they give here.
+        """
+        logits = self.module.logits_sparse(block)  # sign(tanh(x)) == sign(x)
+        codes = _hamming.pack(logits)
+        if self.novelty is None:
+            return codes, None, None
+        # typicality is judged against the reference's own scale, whatever `scale` the network uses
+        pre = self.pre
+        ref = block.restat(np.zeros(block.shape[0], dtype=np.int64), pre.ref_mean[None], pre.ref_std[None])
+        coords = self.novelty.project(ref)
+        return codes, coords, self.novelty.typicality(coords, margins(logits, self.anchors))
+
     def run(self, src: Source, *, keep_projected: bool = False, progress: bool = False, **kwargs) -> Encoded:
-        """Encode every cell of ``src``: codes and, with a novelty scorer, typicality."""
+        """Encode every cell of ``src``: codes and, with a novelty scorer, typicality.
+
+        Dask input is encoded on Dask workers, chunk by chunk (:func:`schash._dask.run`).
+        """
+        if getattr(src, "is_dask", False):
+            from ._dask import run
+
+            return run(self, src, keep_projected=keep_projected, progress=progress, **kwargs)
         scaled = self.scaled(src, progress=progress, **kwargs)
-        codes, coords, margin = [], [], []
-        for _, _, block in scaled:
-            logits = self.module.logits_sparse(block)  # sign(tanh(x)) == sign(x)
-            codes.append(_hamming.pack(logits))
-            if self.novelty is not None:
-                # typicality is judged against the reference's own scale, whatever `scale` the network uses
-                coords.append(self.novelty.project(scaled.reference_scaled(block)))
-                margin.append(margins(logits, self.anchors))
-        codes = np.concatenate(codes)
-        typ = projected = None
-        if self.novelty is not None:
-            projected = np.concatenate(coords)
-            typ = self.novelty.typicality(projected, np.concatenate(margin))
-        return Encoded(src.cells, codes, typ, scaled.empty, scaled.n_genes_matched, scaled.kind,
-                       projected if keep_projected else None)
+        parts = [self.block(block) for _, _, block in scaled]
+        return assemble(src.cells, parts, scaled.empty, scaled.n_genes_matched, scaled.kind, keep_projected)
+
+
+def assemble(cells, parts, empty, n_genes_matched, kind, keep_projected) -> Encoded:
+    """One :class:`Encoded` from the :meth:`Encoder.block` results of every chunk, in order."""
+    codes = np.concatenate([p[0] for p in parts])
+    typ = np.concatenate([p[2] for p in parts]) if parts[0][2] is not None else None
+    projected = np.concatenate([p[1] for p in parts]) if keep_projected and parts[0][1] is not None else None
+    return Encoded(cells, codes, typ, empty, n_genes_matched, kind, projected)
