@@ -24,6 +24,7 @@ from schash._cli import main
 
 HAVE_DASK = all(importlib.util.find_spec(m) is not None for m in ("dask", "distributed"))
 needs_dask = pytest.mark.skipif(not HAVE_DASK, reason="needs the dask extra (pip install 'schash-annotate[dask]')")
+pytestmark = pytest.mark.filterwarnings("ignore:Writing zarr v2")  # anndata writing the test .zarr files
 CHUNK = 700  # the encoder's chunks: 3001 cells are 4 chunks of 700 and one of 201
 
 

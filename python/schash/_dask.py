@@ -104,7 +104,9 @@ class DaskSource(Source):
     encoding of every chunk to the workers.
     """
 
-    is_dask = True
+    def encode_on_dask(self, encoder, **kwargs) -> Encoded:
+        """What :meth:`schash._encode.Encoder.run` does with this source: :func:`run`."""
+        return run(encoder, self, **kwargs)
 
     def __init__(self, data, genes=None, layer=None):
         require()
@@ -182,6 +184,9 @@ class DaskSource(Source):
 
 def _take(block, rows):
     return _as_matrix(block)[rows]
+
+
+Source.dask_source = DaskSource  # Source(...) of Dask input gives a DaskSource
 
 
 # -- the first pass ---------------------------------------------------------------------------------

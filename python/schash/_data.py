@@ -162,11 +162,11 @@ class Source:
     docstring) gives a :class:`schash._dask.DaskSource`, with the same interface.
     """
 
+    dask_source = None  # schash._dask.DaskSource registers itself here (it imports Dask only when used)
+
     def __new__(cls, data=None, genes=None, layer=None):
         if cls is Source and _wants_dask(data, layer):
-            from ._dask import DaskSource  # Dask itself is imported only there
-
-            return super().__new__(DaskSource)
+            return super().__new__(Source.dask_source)
         return super().__new__(cls)
 
     def __init__(self, data, genes=None, layer=None):

@@ -150,12 +150,10 @@ class Encoder:
     def run(self, src: Source, *, keep_projected: bool = False, progress: bool = False, **kwargs) -> Encoded:
         """Encode every cell of ``src``: codes and, with a novelty scorer, typicality.
 
-        Dask input is encoded on Dask workers, chunk by chunk (:func:`schash._dask.run`).
+        Dask input is encoded by Dask tasks, a chunk each (:func:`schash._dask.run`).
         """
-        if getattr(src, "is_dask", False):
-            from ._dask import run
-
-            return run(self, src, keep_projected=keep_projected, progress=progress, **kwargs)
+        if hasattr(src, "encode_on_dask"):  # a schash._dask.DaskSource
+            return src.encode_on_dask(self, keep_projected=keep_projected, progress=progress, **kwargs)
         scaled = self.scaled(src, progress=progress, **kwargs)
         parts = [self.block(block) for _, _, block in scaled]
         return assemble(src.cells, parts, scaled.empty, scaled.n_genes_matched, scaled.kind, keep_projected)
