@@ -291,7 +291,9 @@ def write_report(rows, out, args):
         for _, r in g[g.method != "schash"].iterrows():
             if pd.notna(r.get("seconds")) and pd.notna(s):
                 lines.append(f"| {step} | {nr:,} | {nq:,} | {r['method']} | {s / r['seconds']:.3f} |")
-    (out / "speed.md").write_text("\n".join(lines) + "\n")
+    old = (out / "speed.md").read_text() if (out / "speed.md").exists() else ""
+    dask = old[old.index("## Dask"):] if "## Dask" in old else ""  # bench/dask_scaling.py's section stays
+    (out / "speed.md").write_text("\n".join(lines) + "\n" + ("\n" + dask if dask else ""))
     print("\n".join(lines))
     try:
         import matplotlib

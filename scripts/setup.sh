@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up schash from nothing in ./.venv (Python >= 3.10).
-#   bash scripts/setup.sh            Python package, CPU torch, test tools
+#   bash scripts/setup.sh            Python package, CPU torch, test tools, the Dask extra
 #   bash scripts/setup.sh --with-r   also R 4.x with Seurat/SingleCellExperiment (Debian/Ubuntu packages,
 #                                    needs root or sudo), rpy2 + anndata2ri, and the R package schashR
 #   bash scripts/setup.sh --bench    also the benchmark peers (CellTypist, faiss)
@@ -40,12 +40,12 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     "${PIP[@]}" torch --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-EXTRAS="test"
+EXTRAS="test,dask"  # the Dask extra too, so that the LocalCluster tests (tests/test_dask.py) run
 [ "$WITH_R" = 1 ] && EXTRAS="$EXTRAS,r"
 [ "$BENCH" = 1 ] && EXTRAS="$EXTRAS,bench"
 # numpy<2 throughout: R's reticulate older than 1.36 (Debian ships 1.28) cannot load NumPy 2,
-# and R uses this same environment.
-"${PIP[@]}" "numpy<2" -e ".[$EXTRAS]"
+# and R uses this same environment; so pyarrow<21 (26 refuses NumPy 1; 20 is checked with 1.26).
+"${PIP[@]}" "numpy<2" "pyarrow<21" -e ".[$EXTRAS]"
 
 if [ "$WITH_R" = 1 ]; then
   R CMD INSTALL --no-test-load r/schashR >/dev/null

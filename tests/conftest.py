@@ -2,11 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import sparse
+
+# the environment as the test session began: embedding R (the rpy2 tests) adds R's library folders
+# to LD_LIBRARY_PATH, which processes started later (Dask workers) must not inherit
+_START_ENV = {k: os.environ.get(k) for k in ("LD_LIBRARY_PATH", "R_HOME")}
+
+
+@contextlib.contextmanager
+def environment_as_at_start():
+    """Start child processes with the environment variables the session began with."""
+    now = {k: os.environ.get(k) for k in _START_ENV}
+    try:
+        for k, v in _START_ENV.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in now.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def make_counts(n_cells=600, n_genes=300, n_types=4, n_batches=2, seed=0, markers=15, batch_shift=0.5):

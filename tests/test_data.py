@@ -71,3 +71,23 @@ def test_dataframe_input_keeps_names():
     df = pd.DataFrame([[1.0, 0.0], [0.0, 2.0]], index=["x", "y"], columns=["g1", "g2"])
     e = extract(df)
     assert list(e.cells) == ["x", "y"] and list(e.genes) == ["g1", "g2"]
+
+
+def test_duplicate_entries_of_a_sparse_query_count_as_their_sum(synth_model, synth):
+    """A CSR matrix may store one value in two entries; scaling must see their sum (as toarray() does)."""
+    from scipy import sparse
+
+    q = synth[:60].copy()
+    X = sparse.csr_matrix(q.X, dtype=np.float32)
+    X.data = np.log1p(X.data)
+    X.data[::5] = 15.0  # log values, some far beyond the reference's: their z is clipped
+    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+    order = np.argsort(np.concatenate([rows, rows]), kind="stable")  # each row: its entries, then again
+    data = np.concatenate([X.data, X.data])[order] / 2  # every value split into two stored halves
+    indices = np.concatenate([X.indices, X.indices])[order]
+    dup = sparse.csr_matrix((data, indices, 2 * X.indptr), shape=X.shape)
+    assert dup.nnz == 2 * X.nnz
+    genes = list(q.var_names)
+    before = dup.data.copy()
+    np.testing.assert_array_equal(synth_model.encode(dup, genes=genes), synth_model.encode(X, genes=genes))
+    np.testing.assert_array_equal(dup.data, before)  # the caller's matrix is left as it was

@@ -11,7 +11,7 @@ from ._version import __version__
 
 _prefer_torch_blas()  # before torch is imported: inside R, torch must not use R's BLAS
 
-from . import pl  # noqa: E402
+from . import _dask, pl  # noqa: E402, F401  (_dask: Dask input for Source; Dask itself is imported only when used)
 from ._annotate import annotate  # noqa: E402
 from ._errors import GeneOverlapError, InputError, LabelKeyError, ModelFileError, SchashError  # noqa: E402
 from ._model import UNASSIGNED, SchashModel  # noqa: E402

@@ -100,6 +100,8 @@ def _new_keys(model, key_added, neighbors, clusters=None) -> dict:
     """The obs and obsm keys an annotation writes."""
     obs = [f"{key_added}_{c}" for c in ("label", "pruned_label", "distance", "delta_next", "typicality",
                                          "confidence")]
+    if model.levels is not None:
+        obs += [f"{key_added}_{c}" for c in model.levels.columns()]
     obsm = [f"X_{key_added}", f"{key_added}_codes", f"{key_added}_scores"]
     if model.ref_map is not None:
         obsm.append(f"X_{key_added}_{model.map_name()}")

@@ -68,10 +68,15 @@ def _strs(x) -> list[str] | None:
     return [str(v) for v in np.asarray(x, dtype=object).reshape(-1)]
 
 
-def _labels(x) -> np.ndarray | None:
-    """Labels from R, with R's NA (None or NaN after conversion) kept as missing."""
+def _labels(x) -> np.ndarray | pd.DataFrame | None:
+    """Labels from R, with R's NA (None or NaN after conversion) kept as missing.
+
+    A named list of label vectors (label levels, coarsest first) becomes a DataFrame.
+    """
     if x is None:
         return None
+    if isinstance(x, dict):
+        return pd.DataFrame({str(k): _labels(v) for k, v in x.items()})
     if isinstance(x, str):
         x = [x]
     vals = pd.Series(np.asarray(x, dtype=object).reshape(-1))
@@ -113,7 +118,8 @@ def _anndata(X, genes, cells):
 
 @_r_call
 def train_matrix(X, genes, cells, labels, batches=None, ref_map=None, ref_map_name=None, **kwargs):
-    """Train on a cells × genes matrix with R's label (and batch) vectors.
+    """Train on a cells × genes matrix with R's label (and batch) vectors; ``labels`` may be a named
+    list of vectors, one per label level (coarsest first).
 
     ``ref_map``: the reference's 2-D embedding (cells × 2, e.g. Seurat's UMAP) named
     ``ref_map_name``, kept in the model (``SchashModel.set_reference_map``).
@@ -178,8 +184,12 @@ def annotate_matrix(model, X, genes, cells, method="anchor", k=15, saliency=True
         out["saliency"] = _matrix(sal.by_group)
     # columns as plain arrays (label columns as strings; R makes the factors with these levels)
     text = ("label", "pruned_label", "top_genes", "neighbor_batch", "majority_label", "over_clustering")
-    out["table"] = {col: (table[col].astype(str).to_numpy(dtype=object) if col in text else table[col].to_numpy())
-                    for col in table.columns}
+    # the label levels' columns (schash._levels), with the factor levels R gives them
+    out["factors"] = {col: [str(c) for c in table[col].cat.categories]
+                      for col in (model.levels.columns() if model.levels is not None else ())
+                      if isinstance(table[col].dtype, pd.CategoricalDtype)}
+    out["table"] = {col: (table[col].astype(str).to_numpy(dtype=object) if col in text or col in out["factors"]
+                          else table[col].to_numpy()) for col in table.columns}
     out["levels"] = list(model.cell_types) + ["Unassigned"]
     out["ref_map"] = None
     if res.placed is not None:
@@ -207,6 +217,7 @@ def model_info(model) -> dict:
         "transform": str(model.pre.transform),
         "scale": str(model.pre.scale),
         "ref_map": model.map_name(),
+        "levels": list(model.levels.names) if model.levels is not None else None,
     }
 
 

@@ -7,7 +7,11 @@ its data through :class:`Source`, which accepts
 - an AnnData (``X`` or ``layer=``), in memory or backed (``read_h5ad(..., backed="r")``);
 - the path of an ``.h5ad`` file, opened backed, so that only the rows in use are read;
 - a pandas DataFrame (cells × genes);
-- a NumPy / SciPy sparse matrix (cells × genes) with ``genes=``.
+- a NumPy / SciPy sparse matrix (cells × genes) with ``genes=``;
+- Dask input: an AnnData whose ``X`` (or layer) is a Dask array, a Dask array with
+  ``genes=``, or the path of an AnnData stored as ``.zarr`` (needs the ``dask`` extra);
+  ``Source(...)`` then returns a :class:`schash._dask.DaskSource`, whose rows the encoder
+  sends to Dask workers a block at a time.
 
 Sparse input stays sparse.  The checks here are the ones that would otherwise surface
 as a wrong answer later: orientation, duplicate genes, NaN/inf, negative values (see
@@ -122,13 +126,48 @@ def _is_backed(data) -> bool:
     return is_anndata(data) and bool(getattr(data, "isbacked", False))
 
 
+def is_dask_array(X) -> bool:
+    """Whether ``X`` is a Dask array (without importing Dask)."""
+    return type(X).__module__.startswith("dask.array")
+
+
+def is_zarr_path(data) -> bool:
+    """Whether ``data`` names an AnnData stored as zarr (a ``.zarr`` path, or a folder with zarr metadata)."""
+    if not _is_path(data):
+        return False
+    path = os.fspath(data).rstrip("/")
+    return path.endswith(".zarr") or (os.path.isdir(path) and any(
+        os.path.exists(os.path.join(path, meta)) for meta in (".zgroup", "zarr.json")))
+
+
+def _wants_dask(data, layer) -> bool:
+    if is_zarr_path(data):
+        return True
+    if is_anndata(data):
+        if _is_backed(data):
+            return False
+        root = getattr(data, "_adata_ref", None) if getattr(data, "is_view", False) else data
+        root = data if root is None else root  # a view's matrix is that of its parent, cut (so look there)
+        X = root.X if layer is None else root.layers[layer] if layer in root.layers else None
+        return is_dask_array(X)
+    return is_dask_array(data)
+
+
 class Source:
     """The rows of an input, a chunk at a time (see the module docstring).
 
     In-memory input is checked once, whole; backed input (an ``.h5ad`` path or a backed
     AnnData) is checked chunk by chunk as it is read, so memory stays bounded by the chunk.
-    Use it as a context manager to close a file it opened.
+    Use it as a context manager to close a file it opened.  Dask input (see the module
+    docstring) gives a :class:`schash._dask.DaskSource`, with the same interface.
     """
+
+    dask_source = None  # schash._dask.DaskSource registers itself here (it imports Dask only when used)
+
+    def __new__(cls, data=None, genes=None, layer=None):
+        if cls is Source and _wants_dask(data, layer):
+            return super().__new__(Source.dask_source)
+        return super().__new__(cls)
 
     def __init__(self, data, genes=None, layer=None):
         self._opened = None
@@ -198,17 +237,21 @@ class Source:
         """Rows spread over the whole input (contiguous blocks at evenly spaced positions), for
         deciding what kind of values it holds; cheap to read from a backed file."""
         if self.n <= n_rows:
-            return _as_matrix(_rows(self.matrix, 0, self.n))
+            return self._read([(0, self.n)])[0]
         size = max(1, n_rows // n_blocks)
         starts = np.unique(np.linspace(0, self.n - size, n_blocks).astype(np.int64))
-        blocks = [_as_matrix(_rows(self.matrix, int(a), int(a) + size)) for a in starts]
+        blocks = self._read([(int(a), int(a) + size) for a in starts])
         out = sparse.vstack([sparse.csr_matrix(b) for b in blocks]).tocsr()
         if out.count_nonzero() == 0:  # nearly all cells empty: the first rows (in fixed blocks) that are not
             for a in range(0, self.n, n_rows):
-                block = sparse.csr_matrix(_as_matrix(_rows(self.matrix, a, min(a + n_rows, self.n))))
+                block = sparse.csr_matrix(self._read([(a, min(a + n_rows, self.n))])[0])
                 if block.count_nonzero():
                     return block
         return out
+
+    def _read(self, ranges) -> list:
+        """Rows ``a:b`` for each ``(a, b)`` of ``ranges``, as matrices (not yet checked)."""
+        return [_as_matrix(_rows(self.matrix, a, b)) for a, b in ranges]
 
     def groups(self, batch_key) -> tuple[np.ndarray, int]:
         """Each cell's group (batch) code and the number of groups; one group without ``batch_key``."""

@@ -9,8 +9,10 @@ INPUTS = """\
 data
     What to read: an AnnData (``X``, or ``layer=``), in memory or backed; the path of an
     ``.h5ad`` file (read backed, a chunk at a time); a cells × genes DataFrame; or a cells ×
-    genes NumPy / SciPy sparse matrix with ``genes=``.  Raw counts, normalised or
-    log-normalised values (detected from rows across the whole input).
+    genes NumPy / SciPy sparse matrix with ``genes=``; with the ``dask`` extra, an AnnData
+    whose ``X`` (or layer) is a Dask array or the path of a ``.zarr`` AnnData, encoded a chunk
+    per Dask task (on the cluster of an active ``distributed`` client) with the same results.
+    Raw counts, normalised or log-normalised values (detected from rows across the whole input).
 genes
     Gene names of the columns of a plain matrix.
 layer

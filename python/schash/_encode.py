@@ -9,6 +9,10 @@ statistics; iterating over it then yields the scaled rows a chunk at a time (kep
 first pass while they fit in :data:`CACHE_LIMIT_BYTES`, else read again).  A backed
 ``.h5ad`` is read chunk by chunk, so peak memory is bounded by the chunk, not the file, and
 in-memory input is cut into the same chunks, so both give identical codes.
+
+Dask input (:class:`schash._dask.DaskSource`) takes the same steps on Dask workers, a
+chunk per task (:mod:`schash._dask`): each chunk's rows, features and :meth:`Encoder.block`
+are computed by the same functions as here, which is why the results are identical.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from . import _args, _hamming
 from ._data import Source
 from ._novelty import NoveltyScorer, margins
 from ._preprocess import Preprocessor
-from ._scaled import Scaled, column_sums
+from ._scaled import Scaled, column_sums, dot_rows
 from ._values import check_finite_nonnegative, detect_kind
 
 CACHE_LIMIT_BYTES = 1 << 30  # keep first-pass features in memory below this, else recompute
@@ -81,7 +85,7 @@ class ScaledPass:
         for i, (a, b) in enumerate(tqdm(self.bounds, desc="schash read", disable=not progress, unit="chunk")):
             F, present, _ = pre.features(self._chunk(a, b), kind=kind, min_overlap=min_gene_overlap,
                                          what="query", report=i == 0)
-            F = sparse.csr_matrix(F)
+            F = canonical(F)
             if own_stats:
                 c1, c2 = column_sums(F, groups[a:b], n_groups)
                 s1 += c1
@@ -100,8 +104,7 @@ class ScaledPass:
         for (a, b), F in zip(tqdm(self.bounds, desc="schash encode", disable=not self.progress, unit="chunk"),
                              self._cache, strict=True):
             if F is None:
-                F = sparse.csr_matrix(self.pre.features(self._chunk(a, b), kind=self.kind, min_overlap=0,
-                                                        report=False)[0])
+                F = chunk_features(self.pre, self._chunk(a, b), self.kind)
             yield a, b, Scaled(F, self.groups[a:b], self.mean, self.std, self.present, self.pre.clip)
 
     def _chunk(self, a: int, b: int):
@@ -109,12 +112,20 @@ class ScaledPass:
         expr.genes = self.genes  # the names matched to the model's
         return expr
 
-    def reference_scaled(self, block: Scaled) -> Scaled:
-        """``block`` scaled with the reference's statistics (how typicality judges every cell)."""
-        pre = self.pre
-        if pre.scale == "reference":  # the network's scaling already is the reference's
-            return block
-        return block.restat(np.zeros(block.shape[0], dtype=np.int64), pre.ref_mean[None], pre.ref_std[None])
+
+def chunk_features(pre: Preprocessor, expr, kind: str):
+    """The features of one chunk's rows (CSR), as every chunk after the first pass is computed."""
+    return canonical(pre.features(expr, kind=kind, min_overlap=0, report=False)[0])
+
+
+def canonical(F) -> sparse.csr_matrix:
+    """CSR features with each entry stored once (duplicates summed, as a dense matrix would hold them),
+    on a copy where needed: scaling clips each stored value, so a value must not be split in two."""
+    F = sparse.csr_matrix(F)
+    if not F.has_canonical_format:
+        F = F.copy()
+        F.sum_duplicates()
+    return F
 
 
 @dataclass(frozen=True)
@@ -135,6 +146,21 @@ class Encoder:
         out = [_hamming.pack(self.module.logits_sparse(X.slice(s, s + chunk))) for s in range(0, X.shape[0], chunk)]
         return np.concatenate(out) if out else np.zeros((0, self.anchors.shape[1] // 8), np.uint8)
 
+    def block(self, block: Scaled) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Packed codes, projected coordinates and typicality of one chunk of scaled rows.
+
+        Every value is per cell, computed from the chunk alone: chunks can be encoded anywhere
+        (a Dask worker) and give what they give here.
+        """
+        if self.novelty is None:
+            return _hamming.pack(self.module.logits_sparse(block)), None, None  # sign(tanh(x)) == sign(x)
+        # typicality is judged against the reference's own scale, whatever `scale` the network uses
+        pre = self.pre
+        ref = block if pre.scale == "reference" else block.restat(
+            np.zeros(block.shape[0], dtype=np.int64), pre.ref_mean[None], pre.ref_std[None])
+        logits, coords = self._logits_and_projection(block, ref)
+        return _hamming.pack(logits), coords, self.novelty.typicality(coords, margins(logits, self.anchors))
+
     def _logits_and_projection(self, block: Scaled, ref_block: Scaled) -> tuple[np.ndarray, np.ndarray]:
         """The network's pre-tanh outputs and the novelty scorer's projection of a block; one sparse
         product serves both when they scale the block alike (``scale="reference"``)."""
@@ -143,27 +169,28 @@ class Encoder:
         first, nov = self.module.net[0], self.novelty
         w1 = first.weight.detach().numpy()
         weight = np.vstack([w1, nov.components])
-        bias = np.concatenate([first.bias.detach().numpy(), -(nov.components @ nov.center)])
+        bias = np.concatenate([first.bias.detach().numpy(), -dot_rows(nov.components, nov.center)])
         h = block.linear(weight, bias)
         n = w1.shape[0]
         return self.module.logits_from_first(h[:, :n]), nov.project_from(h[:, n:], block.sq_dist(nov.center))
 
     def run(self, src: Source, *, keep_projected: bool = False, progress: bool = False, **kwargs) -> Encoded:
         """Encode every cell of ``src``: codes and, with a novelty scorer, typicality (and with
-        ``keep_projected`` each cell's coordinates in the scorer's PCA space, for a reference map)."""
+        ``keep_projected`` each cell's coordinates in the scorer's PCA space, for a reference map).
+
+        Dask input is encoded by Dask tasks, a chunk each (:func:`schash._dask.run`).
+        """
+        if hasattr(src, "encode_on_dask"):  # a schash._dask.DaskSource
+            return src.encode_on_dask(self, keep_projected=keep_projected, progress=progress, **kwargs)
         scaled = self.scaled(src, progress=progress, **kwargs)
-        codes, typ, coords = [], [], []
-        for _, _, block in scaled:
-            if self.novelty is None:
-                logits = self.module.logits_sparse(block)  # sign(tanh(x)) == sign(x)
-            else:
-                # typicality is judged against the reference's own scale, whatever `scale` the network uses
-                logits, projected = self._logits_and_projection(block, scaled.reference_scaled(block))
-            codes.append(_hamming.pack(logits))
-            if self.novelty is not None:  # per cell, so chunk by chunk
-                typ.append(self.novelty.typicality(projected, margins(logits, self.anchors)))
-                if keep_projected:
-                    coords.append(projected)
-        return Encoded(src.cells, np.concatenate(codes), np.concatenate(typ) if typ else None, scaled.empty,
-                       scaled.n_genes_matched, scaled.kind, np.concatenate(coords) if coords else None,
-                       scaled.gene_mapping)
+        parts = [self.block(block) for _, _, block in scaled]
+        return assemble(src.cells, parts, scaled.empty, scaled.n_genes_matched, scaled.kind, keep_projected,
+                        scaled.gene_mapping)
+
+
+def assemble(cells, parts, empty, n_genes_matched, kind, keep_projected, gene_mapping=None) -> Encoded:
+    """One :class:`Encoded` from the :meth:`Encoder.block` results of every chunk, in order."""
+    codes = np.concatenate([p[0] for p in parts])
+    typ = np.concatenate([p[2] for p in parts]) if parts[0][2] is not None else None
+    projected = np.concatenate([p[1] for p in parts]) if keep_projected and parts[0][1] is not None else None
+    return Encoded(cells, codes, typ, empty, n_genes_matched, kind, projected, gene_mapping)

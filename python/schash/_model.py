@@ -21,6 +21,7 @@ from ._anchors import min_pairwise_distance
 from ._data import UNASSIGNED, Source
 from ._encode import Encoded, Encoder
 from ._errors import InputError, LabelKeyError, ModelFileError
+from ._levels import Hierarchy, read_labels
 from ._module import HashMLP
 from ._novelty import NoveltyScorer
 from ._preprocess import Preprocessor
@@ -48,6 +49,7 @@ class SchashModel:
     batch_categories: list[str] | None = None
     ref_meta: dict = field(default_factory=dict)  # more obs columns of the reference: name -> Categorical
     ref_map: ReferenceMap | None = None  # the reference's 2-D embedding, see set_reference_map()
+    levels: Hierarchy | None = None  # label levels, coarsest first (schash._levels); None: one level
 
     # -- properties -----------------------------------------------------------------------
     @property
@@ -74,6 +76,7 @@ class SchashModel:
             f"    cell types: {', '.join(self.cell_types[:8])}{', …' if len(self.cell_types) > 8 else ''}\n"
             f"    transform={self.pre.transform!r}, scale={self.pre.scale!r}, distance threshold={self.threshold}"
             + (f"\n    reference map: {self.map_name()}" if self.ref_map is not None else "")
+            + (f"\n    label levels: {' > '.join(self.levels.names)}" if self.levels is not None else "")
         )
 
     # -- encoding ----------------------------------------------------------------------------
@@ -118,6 +121,8 @@ class SchashModel:
         cell is of the reference, a p-value in (0, 1]) and ``confidence`` in [0, 1]: the
         code's closeness to its anchor (``method="anchor"``) or the winning vote fraction
         among the ``k`` nearest reference cells (``method="knn"``), times ``min(1, typicality / 0.5)``.
+        A model trained on label levels adds ``label_<level>``, ``pruned_label_<level>`` and
+        ``confidence_<level>`` for each level, ``resolved_label`` and ``resolved_level`` (:mod:`schash._levels`).
 
         Parameters
         ----------
@@ -136,6 +141,7 @@ class SchashModel:
         best, dist, gap = _hamming.nearest_anchor(enc.codes, self.packed_anchors)
         half = max(min_pairwise_distance(self.anchors) / 2.0, 1.0)
         code_score = np.clip(1.0 - dist / half, 0.0, 1.0)
+        frac = None
         if method == "knn":
             frac, _ = _hamming.knn_vote(enc.codes, self.ref_codes, self.ref_labels,
                                         len(self.cell_types), k, self.n_bits)
@@ -145,12 +151,14 @@ class SchashModel:
         # cells more typical than half of the held-out reference cells keep their code score;
         # less typical ones are scaled down in proportion (this ranks left-out types lowest
         # on the benchmark's held-out-type tasks; see bench/accuracy.py)
-        confidence = code_score * np.minimum(1.0, enc.typicality / 0.5)
-        keep = (dist <= self.threshold) & (enc.typicality >= self.novelty_alpha) & ~enc.empty
+        factor = np.minimum(1.0, enc.typicality / 0.5)
+        confidence = code_score * factor
+        trusted = (enc.typicality >= self.novelty_alpha) & ~enc.empty
+        keep = (dist <= self.threshold) & trusted
         labels = np.where(enc.empty, UNASSIGNED, labels)
         confidence = np.where(enc.empty, 0.0, confidence)
         cats = list(self.cell_types) + [UNASSIGNED]
-        return pd.DataFrame(
+        table = pd.DataFrame(
             {
                 "label": pd.Categorical(labels, categories=cats),
                 "pruned_label": pd.Categorical(np.where(keep, labels, UNASSIGNED), categories=cats),
@@ -161,6 +169,8 @@ class SchashModel:
             },
             index=enc.cells,
         )
+        return table if self.levels is None else self.levels.extend(
+            table, enc.codes, self.packed_anchors, half=half, trusted=trusted, factor=factor, votes=frac)
 
     # -- reference database ------------------------------------------------------------------
     @_docs.inputs
@@ -235,7 +245,7 @@ class SchashModel:
         anything :meth:`predict` accepts; labels and batches are vectors or ``obs`` columns.
         """
         with Source(data, genes, layer) as src:
-            y = src.column(cell_type_key, labels, "cell type")
+            y = read_labels(src, cell_type_key, labels)[0]  # label levels: the finest
             if y is None:
                 raise InputError("add_reference needs labels= or cell_type_key=")
             unknown = sorted(set(y) - set(self.cell_types))
@@ -365,6 +375,7 @@ class SchashModel:
             "params": {**self.params, "novelty_alpha": float(self.novelty_alpha)},
             "history": self.history,
             "ref_map": self.ref_map.meta() if self.ref_map is not None else None,
+            "levels": self.levels.to_meta() if self.levels is not None else None,
         }
         return tensors, meta
 
@@ -394,4 +405,5 @@ class SchashModel:
             ref_meta={k: pd.Categorical.from_codes(t[f"ref_meta.{k}"].astype(np.int64), cats)
                       for k, cats in meta.get("ref_meta_categories", {}).items()},
             ref_map=ReferenceMap.from_tensors(t, meta["ref_map"]) if meta.get("ref_map") else None,
+            levels=Hierarchy.from_meta(meta["levels"]) if meta.get("levels") else None,
         )

@@ -35,6 +35,8 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
+from ._scaled import dot_rows
+
 METRICS = ("cosine", "euclidean")
 
 
@@ -59,7 +61,7 @@ class NoveltyScorer:
             coords = centred @ self.components.T
             total = np.einsum("ij,ij->i", centred, centred)
         else:
-            coords = rows.linear(self.components, -(self.components @ self.center))
+            coords = rows.linear(self.components, -dot_rows(self.components, self.center))  # thread-independent
             total = rows.sq_dist(self.center)
         return self.project_from(coords, total)
 

@@ -55,6 +55,13 @@ def column_stats(X, groups: np.ndarray | None = None, n_groups: int = 1) -> tupl
     s1, s2 = column_sums(X, groups, n_groups)
     return stats_from_sums(s1, s2, np.bincount(groups, minlength=n_groups))
 
+def dot_rows(weight: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``weight @ v`` (weight: out × genes) without BLAS: BLAS may split the sum over genes among
+    its threads, so its bits would depend on how many it has, and a chunk encoded by a one-thread
+    Dask worker must give the bits that the calling process gives."""
+    return (weight * v).sum(axis=1)
+
+
 def _row_sums(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
     """Sum of ``values`` within each CSR row (empty rows give 0), in one pass."""
     if len(values) == 0:
@@ -151,7 +158,7 @@ class Scaled:
         The sparse product runs in torch (CSR × dense uses every core; SciPy's uses one).
         """
         base, z, b = self._parts
-        const = base @ weight.T
+        const = np.stack([dot_rows(weight, row) for row in base])  # the same bits with any number of threads
         if bias is not None:
             const = const + bias
         crow, col = self._torch_structure

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from . import _args, _hamming, _refmap
+from . import _args, _hamming, _levels, _refmap
 from ._anchors import make_anchors
 from ._data import Source
 from ._encode import Encoder
@@ -62,7 +62,7 @@ def train(
     labels=None,
     *,
     genes=None,
-    cell_type_key: str | None = None,
+    cell_type_key: str | list[str] | None = None,
     batch_key: str | None = None,
     batches=None,
     layer: str | None = None,
@@ -98,7 +98,11 @@ def train(
         Raw counts or log-normalised values
         (detected); counts are library-size normalised and log1p-transformed.
     labels, cell_type_key
-        The cell types: a vector, or the name of an ``obs`` column.
+        The cell types: a vector, or the name of an ``obs`` column.  Label levels: a list of
+        ``obs`` columns, coarsest first (``["class", "subclass"]``), or a table of labels (a
+        DataFrame, a dict of vectors or a 2-D list; one column per level).  The network learns
+        the finest level; every finer type must lie in one coarser type, and calls are made at
+        every level, in agreement (see :mod:`schash._levels`).
     batches, batch_key
         Optional batches (vector or ``obs`` column): gene selection is batch-aware and, with
         ``scale="batch"``, every batch is standardised on its own.
@@ -160,7 +164,7 @@ def train(
                 " (it is not an in-memory AnnData): load it, or call model.set_reference_map() later"))
         coords = _refmap.check_coords(obsm[basis])
     with Source(data, genes, layer) as src:
-        y_all = src.column(cell_type_key, labels, "cell type")
+        y_all, level_table = _levels.read_labels(src, cell_type_key, labels)
         if y_all is None:
             raise InputError("no cell types given: pass labels= (a vector) or cell_type_key= (an obs column)")
         b_all = src.column(batch_key, batches, "batch")
@@ -220,6 +224,7 @@ def train(
         ref_meta={key: pd.Categorical(values[in_db]) for key, values in extra.items()},
         ref_map=_refmap.build(enc, coords, basis=basis, seed=seed) if coords is not None else None,
         params=params, history=history,
+        levels=_levels.Hierarchy.from_labels(level_table, types) if level_table is not None else None,
     )
 
 

@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from ._errors import ModelFileError
+from ._levels import meta_problem
 
 KINDS = ("counts", "log", "normalised")
 TRANSFORMS = ("log", "rank")
@@ -144,6 +145,10 @@ def check_meta(meta, path) -> None:
     cats = c.dict_("ref_meta_categories", meta.get("ref_meta_categories", {}))
     for key, values in cats.items():
         c.strings(f"ref_meta_categories[{key!r}]", values)
+    if meta.get("levels") is not None:  # label levels (schash._levels); older files have none
+        problem = meta_problem(meta["levels"], meta["cell_types"])
+        if problem:
+            c.fail(problem)
 
 
 def check_tensors(meta, t: dict, path) -> None:

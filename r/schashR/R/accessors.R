@@ -126,6 +126,22 @@ cell_meta <- function(object) {
   as.data.frame(SummarizedExperiment::colData(object))
 }
 
+# The cell types for schash_train(): a metadata column, several (label levels, coarsest
+# first: a named list of their values), or the labels themselves (a vector, data.frame or list).
+cell_type_values <- function(object, cell_type, n) {
+  if (is.character(cell_type) && length(cell_type) > 1 && length(cell_type) != n) {
+    have <- colnames(cell_meta(object))
+    missing <- setdiff(cell_type, have)
+    if (length(missing)) {
+      stop("cell type column(s) ", paste0("'", missing, "'", collapse = ", "), " not in the cell metadata; ",
+           "available columns: ", paste(have, collapse = ", "), call. = FALSE)
+    }
+    return(stats::setNames(lapply(cell_type, function(k) cell_meta(object)[[k]]), cell_type))
+  }
+  if (is.list(cell_type)) return(cell_type)
+  meta_values(object, cell_type, "cell type", n)
+}
+
 # A per-cell vector from a metadata column name, or the vector itself.
 meta_values <- function(object, key, what, n) {
   if (is.null(key)) return(NULL)

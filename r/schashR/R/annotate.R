@@ -46,6 +46,14 @@
 #' first (also when the named column does not exist, with a message; the clusters are
 #' added as `schash_over_clustering`).
 #'
+#' A model trained on label levels (`schash_train(x, c("class", "subclass"))`) adds, for each
+#' level, `schash_label_<level>`, `schash_pruned_label_<level>` and `schash_confidence_<level>`
+#' (the coarser calls are the parents of the finest call, so the levels always agree; a coarse
+#' call stays trusted where the code lies clearly nearer its parent's types than any other's,
+#' e.g. between two sibling types), and `schash_resolved_label` / `schash_resolved_level`: the
+#' call at the finest trusted level and the name of that level (`"Unassigned"` where none is).
+#' `schash_label` and `schash_pruned_label` remain the finest level's calls.
+#'
 #' With `batch`, the query's batches (for example samples or donors) are scaled
 #' each on its own before encoding, as Python's `annotate(batch_key=)` does; use it
 #' when the query mixes batches, as the reference's batches were in [schash_train()].
@@ -182,7 +190,7 @@ annotate_matrix <- function(m, model, batch = NULL, method = "anchor", saliency 
                                                  clusters = clusters, species = species))
   gm <- res$gene_mapping
   if (!is.null(gm$by_id_mapping)) message("schash: ", gm$summary)  # genes were matched otherwise than by name
-  table <- py_table(res$table, x$cells, res$levels)
+  table <- py_table(res$table, x$cells, res$levels, res$factors)
   if ("schash_neighbor_batch" %in% names(table)) {
     table$schash_neighbor_batch <- factor(as.character(table$schash_neighbor_batch),
                                           levels = unlist(res$batch_levels))

@@ -27,13 +27,31 @@ label_list <- function(x, n, what) {
   as.list(as.character(x))
 }
 
-# Python -> R: the bridge's per-cell columns -> data.frame with schash_ columns and factors.
-py_table <- function(tab, cells, levels) {
+# Label levels: a data.frame or list of label vectors (coarsest first) -> a named list of
+# label_list()s for Python (a dict there); one vector -> label_list().
+level_list <- function(x, n) {
+  if (!length(x)) {
+    stop("cell_type must be a vector of labels, or a data.frame / list with one vector per level",
+         call. = FALSE)
+  }
+  if (length(x) == 1) return(label_list(x[[1]], n, "cell type"))
+  nms <- names(x) %||% rep("", length(x))
+  nms[!nzchar(nms)] <- paste0("level", seq_along(x))[!nzchar(nms)]
+  if (anyDuplicated(nms)) stop("the label levels have repeated names: ", paste(nms, collapse = ", "), call. = FALSE)
+  stats::setNames(lapply(seq_along(x), function(i) label_list(x[[i]], n, paste0("'", nms[i], "' cell type"))), nms)
+}
+
+# Python -> R: the bridge's per-cell columns -> data.frame with schash_ columns and factors
+# (`factors`: the label levels' columns, each with its factor levels).
+py_table <- function(tab, cells, levels, factors = NULL) {
   tab <- lapply(tab, function(v) if (is.list(v)) unlist(v) else as.vector(v))
   df <- as.data.frame(tab, stringsAsFactors = FALSE)
   rownames(df) <- unlist(cells)
   for (col in intersect(c("label", "pruned_label", "majority_label"), names(df))) {
     df[[col]] <- factor(as.character(df[[col]]), levels = unlist(levels))
+  }
+  for (col in intersect(names(factors), names(df))) {
+    df[[col]] <- factor(as.character(df[[col]]), levels = unlist(factors[[col]]))
   }
   if ("over_clustering" %in% names(df)) {
     df$over_clustering <- factor(df$over_clustering, levels = unique(df$over_clustering[order(

@@ -8,6 +8,10 @@
 #'   matrix / `dgCMatrix` with gene names as row names.
 #' @param cell_type For objects, the name of the cell-metadata column holding the
 #'   cell types (or a vector with one label per cell); for a matrix, the vector of labels.
+#'   Label levels: several column names, coarsest first (`c("class", "subclass")`), or a
+#'   data.frame / list with one vector of labels per level.  One model learns the finest
+#'   level; every finer type must lie in one coarser type (an error names those that do not),
+#'   and [schash_annotate()] then calls every level, in agreement.
 #' @param batch Optional batches, given like `cell_type`; gene selection and
 #'   scaling are then done per batch.
 #' @param assay Seurat assay (default: the default assay) or SCE assay (default:
@@ -56,7 +60,7 @@ schash_train.Seurat <- function(object, cell_type, batch = NULL, assay = NULL, l
                                 n_bits = 64, seed = 0, reduction = NULL, ...) {
   need("SeuratObject", "for Seurat objects")
   n <- ncol(object)
-  labels <- meta_values(object, cell_type, "cell type", n)
+  labels <- cell_type_values(object, cell_type, n)
   batches <- meta_values(object, batch, "batch", n)
   coords <- NULL
   if (!is.null(reduction)) {
@@ -74,7 +78,7 @@ schash_train.SingleCellExperiment <- function(object, cell_type, batch = NULL, a
   need("SummarizedExperiment", "for SingleCellExperiment objects")
   if (!is.null(layer)) stop("layer= is for Seurat objects; use assay=", call. = FALSE)
   n <- ncol(object)
-  labels <- meta_values(object, cell_type, "cell type", n)
+  labels <- cell_type_values(object, cell_type, n)
   batches <- meta_values(object, batch, "batch", n)
   coords <- NULL
   if (!is.null(reduction)) {
@@ -99,7 +103,7 @@ map_coords <- function(coords, n, name) {
 
 train_matrix <- function(m, labels, batches, n_bits, seed, ..., ref_map = NULL) {
   if (missing(labels) || is.null(labels)) stop("cell_type is required", call. = FALSE)
-  labels <- label_list(labels, ncol(m), "cell type")
+  labels <- if (is.list(labels)) level_list(labels, ncol(m)) else label_list(labels, ncol(m), "cell type")
   batches <- label_list(batches, ncol(m), "batch")
   check_available()
   x <- to_py_cells(m)
