@@ -110,6 +110,14 @@ def main() -> None:
         ("mouse symbols, species not given", renamed(q, mouse), {}),
     ], rows)
 
+    from schash import _genes
+
+    _genes._table.cache_clear()
+    _genes._human.cache_clear()
+    t_load = time.perf_counter()
+    _genes._human()  # both shipped tables, read and indexed as the first mapping does
+    _table("human_mouse_orthologues.tsv.gz")
+    t_load = time.perf_counter() - t_load
     genes = _table("human_genes.tsv.gz").drop_duplicates("symbol").sample(30_000, random_state=0)
     model_part = genes.sample(2000, random_state=1)
     model_genes = [f"{i}.3" for i in model_part.ensembl_id[:1000]] + model_part.symbol[1000:].tolist()
@@ -136,7 +144,8 @@ def main() -> None:
         md_table(pd.DataFrame(rows)),
         "",
         "`map_query` of 30,000 mouse-style symbols onto 2,000 model genes (half versioned IDs, half",
-        f"symbols): {best * 1000:.0f} ms (best of 3, tables already loaded). Mapping runs only when a model",
+        f"symbols): {best * 1000:.0f} ms (best of 3, tables already loaded; loading both shipped tables, once per",
+        f"process: {t_load * 1000:.0f} ms). Mapping runs only when a model",
         "gene is missing from the query by exact name, or `species=` is given.",
         "",
     ]

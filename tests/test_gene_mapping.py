@@ -52,6 +52,18 @@ def test_a_query_in_versioned_ensembl_ids_gets_the_same_calls(human, tmp_path):
     q.write_h5ad(tmp_path / "q.h5ad")  # the report can be stored
 
 
+def test_lower_case_symbols_and_plain_ids_get_the_same_calls(human):
+    adata, model, _ = human
+    q = adata[:150].copy()
+    base = model.predict(q)["label"].to_numpy()
+    lower = q.copy()
+    lower.var_names = pd.Index([g.lower() for g in q.var_names])
+    assert (model.predict(lower)["label"].to_numpy() == base).all()
+    ids = q.copy()
+    ids.var_names = pd.Index(identifiers(q.var_names)["ensembl_id"])
+    assert (model.predict(ids)["label"].to_numpy() == base).all()
+
+
 def test_a_mouse_query_is_mapped_by_orthologues_only_when_asked(human):
     adata, model, to_mouse = human
     q = adata[:200].copy()

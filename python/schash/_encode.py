@@ -2,11 +2,12 @@
 
 Every encoding goes through here — the reference database at training, ``predict``,
 ``annotate``, ``encode``, ``neighbors``, ``composition``, ``add_reference``, the reference
-map, saliency, the CLI and the R bridge.  :class:`ScaledPass` reads the input once to
-learn what it is (counts or log values, from rows across the whole input), how many model
-genes it has, which cells are empty and, under ``scale="batch"``, each group's per-gene
-statistics; iterating over it then yields the scaled rows a chunk at a time (kept from the
-first pass while they fit in :data:`CACHE_LIMIT_BYTES`, else read again).  A backed
+map, saliency, the CLI and the R bridge.  :class:`ScaledPass` learns what the input is (counts
+or log values, from rows across the whole input) and how many model genes it has; iterating
+over it yields the scaled rows a chunk at a time.  Under the default ``scale="reference"`` that
+is the only pass over the data; under ``scale="batch"`` a first pass gathers each group's
+per-gene statistics, and the chunks are kept from it while they fit in
+:data:`CACHE_LIMIT_BYTES` (else read again).  A backed
 ``.h5ad`` is read chunk by chunk, so peak memory is bounded by the chunk, not the file, and
 in-memory input is cut into the same chunks, so both give identical codes.
 
@@ -77,34 +78,48 @@ class ScaledPass:
             n_groups = int(groups.max()) + 1 if len(groups) else 1
         self.groups = groups
         self.bounds = src.bounds(self.chunk_size)
-        own_stats = pre.scale == "batch"  # else every group uses the reference's statistics
+        self.progress, self.min_gene_overlap = progress, min_gene_overlap
         G = len(pre.genes)
         s1, s2 = np.zeros((n_groups, G)), np.zeros((n_groups, G))
-        nnz = np.zeros(src.n, dtype=np.int64)
+        sizes = np.bincount(groups, minlength=n_groups)
+        self.empty = np.zeros(src.n, dtype=bool)  # filled as the chunks are read
+        self._cache = None
+        if pre.scale == "reference":
+            # every group uses the reference's statistics: nothing to learn from the input first, so
+            # the chunks are read once, as they are encoded (a GeneOverlapError comes from the first)
+            self.present = pre.genes.isin(self.genes)
+            self.n_genes_matched = int(self.present.sum())
+            self.mean, self.std = pre.stats_from_sums(s1, s2, sizes)
+            return
         self._cache, cached_bytes, present = [], 0, np.zeros(G, dtype=bool)
         for i, (a, b) in enumerate(tqdm(self.bounds, desc="schash read", disable=not progress, unit="chunk")):
             F, present, _ = pre.features(self._chunk(a, b), kind=kind, min_overlap=min_gene_overlap,
                                          what="query", report=i == 0)
             F = canonical(F)
-            if own_stats:
-                c1, c2 = column_sums(F, groups[a:b], n_groups)
-                s1 += c1
-                s2 += c2
-            nnz[a:b] = np.diff(F.indptr)
+            c1, c2 = column_sums(F, groups[a:b], n_groups)
+            s1 += c1
+            s2 += c2
+            self.empty[a:b] = np.diff(F.indptr) == 0
             cached_bytes += F.data.nbytes + F.indices.nbytes
             self._cache.append(F if cached_bytes <= CACHE_LIMIT_BYTES else None)
-        self.present, self.n_genes_matched, self.empty = present, int(present.sum()), nnz == 0
-        self.mean, self.std = pre.stats_from_sums(s1, s2, np.bincount(groups, minlength=n_groups))
-        self.progress = progress
+        self.present, self.n_genes_matched = present, int(present.sum())
+        self.mean, self.std = pre.stats_from_sums(s1, s2, sizes)
 
     def __iter__(self):
         """``(start, stop, Scaled)`` for every chunk, in order."""
         from tqdm.auto import tqdm
 
-        for (a, b), F in zip(tqdm(self.bounds, desc="schash encode", disable=not self.progress, unit="chunk"),
-                             self._cache, strict=True):
+        cache = self._cache if self._cache is not None else [None] * len(self.bounds)
+        for i, ((a, b), F) in enumerate(zip(tqdm(self.bounds, desc="schash encode", disable=not self.progress,
+                                                 unit="chunk"), cache, strict=True)):
             if F is None:
-                F = chunk_features(self.pre, self._chunk(a, b), self.kind)
+                if self._cache is None:  # the one pass: the first chunk checks and reports the gene overlap
+                    F = canonical(self.pre.features(self._chunk(a, b), kind=self.kind, what="query",
+                                                    min_overlap=self.min_gene_overlap if i == 0 else 0,
+                                                    report=i == 0)[0])
+                    self.empty[a:b] = np.diff(F.indptr) == 0
+                else:
+                    F = chunk_features(self.pre, self._chunk(a, b), self.kind)
             yield a, b, Scaled(F, self.groups[a:b], self.mean, self.std, self.present, self.pre.clip)
 
     def _chunk(self, a: int, b: int):

@@ -191,7 +191,7 @@ test_that("majority voting over Seurat clusters, or clusters computed from the c
 test_that("a query in Ensembl IDs is mapped onto a model trained on symbols", {
   skip_if_no_schash()
   p <- pbmc()
-  m <- as.matrix(SeuratObject::GetAssayData(p, slot = "counts"))
+  m <- as.matrix(schashR:::seurat_expr(p, "RNA", NULL))
   ids <- reticulate::import("schash._genes")$identifiers(rownames(m))$ensembl_id
   ids <- vapply(seq_along(ids), function(i) if (is.null(ids[[i]])) rownames(m)[i] else paste0(ids[[i]], ".3"),
                 character(1))
