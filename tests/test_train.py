@@ -92,3 +92,41 @@ def test_adamw_matches_torch_bit_for_bit():
             opt.step()
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_sparse_first_layer_gives_the_dense_outputs_and_gradients(synth):
+    """Large training batches use a sparse first layer; it must compute what the dense rows do."""
+    import torch
+
+    from schash._data import extract
+    from schash._loop import TrainConfig, _Rows, forward
+    from schash._module import HashMLP
+    from schash._preprocess import fit_preprocessor
+
+    expr = extract(synth)
+    batches = synth.obs["batch"].astype(str).to_numpy()
+    for scale in ("reference", "batch"):  # one group, and a group per batch
+        _, X = fit_preprocessor(expr, n_top_genes=None, batches=batches, transform="log", scale=scale)
+        rows = _Rows(X, TrainConfig(augment=0.0), log_scale=True)
+        b = np.arange(0, 120, 3)
+        torch.manual_seed(0)
+        model = HashMLP(X.shape[1], 32, (16,), 0.0)
+        dense_out = model(rows.get(b))
+        sparse_out = forward(model, rows.sparse_batch(b))
+        torch.testing.assert_close(sparse_out, dense_out, rtol=1e-4, atol=1e-5)
+        grads = []
+        for out in (dense_out, sparse_out):
+            model.zero_grad()
+            (out**2).sum().backward(retain_graph=True)
+            grads.append(model.net[0].weight.grad.clone())
+        torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
+
+
+def test_training_on_large_sparse_batches_learns(synth, monkeypatch):
+    import schash._loop as loop
+
+    monkeypatch.setattr(loop, "SPARSE_MIN_WORK", 1)  # every batch through the sparse first layer
+    model = schash.train(synth, cell_type_key="cell_type", max_epochs=8, progress=False)
+    assert model.history["best_val_macro_f1"] > 0.9
+    acc = (model.predict(synth)["label"].astype(str) == synth.obs["cell_type"].astype(str).to_numpy()).mean()
+    assert acc > 0.9
