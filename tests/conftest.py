@@ -16,23 +16,23 @@ from scipy import sparse
 _START_ENV = {k: os.environ.get(k) for k in ("LD_LIBRARY_PATH", "R_HOME")}
 
 
+def _set_environment(values: dict) -> None:
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @contextlib.contextmanager
 def environment_as_at_start():
     """Start child processes with the environment variables the session began with."""
     now = {k: os.environ.get(k) for k in _START_ENV}
     try:
-        for k, v in _START_ENV.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _set_environment(_START_ENV)
         yield
     finally:
-        for k, v in now.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _set_environment(now)
 
 
 def make_counts(n_cells=600, n_genes=300, n_types=4, n_batches=2, seed=0, markers=15, batch_shift=0.5):

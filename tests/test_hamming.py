@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from schash import _hamming
 
@@ -50,3 +51,33 @@ def test_knn_vote_equals_brute_force_with_fractional_ties():
         np.testing.assert_allclose(frac[i], expect)
         np.testing.assert_allclose(mean_d[i], (w * d[i]).sum() / k)
     np.testing.assert_allclose(frac.sum(1), 1.0)
+
+
+@pytest.mark.parametrize("n_distinct", [5, 400, 3000])
+def test_both_neighbour_searches_equal_a_stable_argsort(n_distinct, monkeypatch):
+    """The direct search (few cells per code) and the distinct-code search give one answer: a stable
+    argsort of the full distance row, ties by reference index."""
+    from schash import _hamming as h
+
+    rng = np.random.default_rng(n_distinct)
+    base = rng.integers(0, 256, (n_distinct, 8), dtype=np.uint8)
+    ref = base[rng.integers(0, n_distinct, 2500)]
+    q = base[rng.integers(0, n_distinct, 700)] ^ (rng.random((700, 8)) < 0.03).astype(np.uint8)
+    d = h.distances(q, ref)
+    order = np.argsort(d, axis=1, kind="stable")[:, :15]
+    expected = (order, np.take_along_axis(d, order, axis=1))
+    for cost in (0, 10**9):  # force the distinct-code search, then the direct one
+        monkeypatch.setattr(h, "LOOP_COST_PAIRS", cost - 10**6 if cost == 0 else cost)
+        idx, dist = h.knn_indices(q, ref, 15)
+        np.testing.assert_array_equal(idx, expected[0])
+        np.testing.assert_array_equal(dist, expected[1])
+
+
+def test_distances_are_exact_popcounts():
+    from schash import _hamming as h
+
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (300, 16), dtype=np.uint8)
+    b = rng.integers(0, 256, (200, 16), dtype=np.uint8)
+    bits = np.unpackbits(a[:, None, :] ^ b[None], axis=2).sum(-1)
+    np.testing.assert_array_equal(h.distances(a, b), bits)
