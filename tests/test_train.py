@@ -76,7 +76,7 @@ def test_training_from_file_with_subsampling_keeps_every_cell_in_the_database(sy
 def test_adamw_matches_torch_bit_for_bit():
     import torch
 
-    from schash._loop import AdamW
+    from schash._optim import AdamW
 
     torch.manual_seed(0)
     a = torch.nn.Sequential(torch.nn.Linear(20, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 4))
@@ -99,7 +99,8 @@ def test_sparse_first_layer_gives_the_dense_outputs_and_gradients(synth):
     import torch
 
     from schash._data import extract
-    from schash._loop import TrainConfig, _Rows, forward
+    from schash._first_layer import forward
+    from schash._loop import TrainConfig, _Rows
     from schash._module import HashMLP
     from schash._preprocess import fit_preprocessor
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,8 +16,10 @@ import torch
 from sklearn.metrics import f1_score
 from sklearn.model_selection import train_test_split
 
+from ._first_layer import SparseBatch, forward, torch_csr
 from ._logging import logger
 from ._module import HashMLP
+from ._optim import AdamW
 
 
 @dataclass
@@ -155,8 +156,8 @@ class _Rows:
         d = delta.numpy()
         shape = (n, block.shape[1])
         transposed = sparse.csr_matrix((d, block.indices, block.indptr), shape=shape).T.tocsr()
-        return SparseBatch(_torch_csr(block.indptr, block.indices, delta, shape),
-                           _torch_csr(transposed.indptr, transposed.indices, torch.from_numpy(transposed.data),
+        return SparseBatch(torch_csr(block.indptr, block.indices, delta, shape),
+                           torch_csr(transposed.indptr, transposed.indices, torch.from_numpy(transposed.data),
                                       shape[::-1]), groups, self.base)
 
     def get(self, b: np.ndarray, gen: torch.Generator | None = None) -> torch.Tensor:
@@ -180,48 +181,6 @@ class _Rows:
             x = augment(x, self.cfg, gen)
         g = self.groups[tb]
         return ((x - self.mean[g]) / self.std[g]).clamp_(-self.clip, self.clip)
-
-
-def _torch_csr(indptr, indices, values: torch.Tensor, shape) -> torch.Tensor:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch calls its sparse CSR support "beta"
-        return torch.sparse_csr_tensor(torch.from_numpy(np.asarray(indptr, dtype=np.int64)),
-                                       torch.from_numpy(np.asarray(indices, dtype=np.int64)), values, size=shape)
-
-
-class SparseBatch:
-    """Standardised rows as the first layer needs them: ``z = base_g + delta`` with ``delta`` as
-    sparse as the input (zero wherever the input is zero), so ``W z = W base_g + W delta`` costs
-    the non-zeros only.  ``delta_t`` is its transpose, for the weight gradient."""
-
-    def __init__(self, delta, delta_t, groups, base):
-        self.delta, self.delta_t, self.groups, self.base = delta, delta_t, groups, base
-
-    def __len__(self) -> int:
-        return len(self.groups)
-
-
-class _SparseLinear(torch.autograd.Function):
-    """``delta @ weight.T`` with its weight gradient ``(delta.T @ grad).T`` from a CSR transpose."""
-
-    @staticmethod
-    def forward(ctx, weight, delta, delta_t):
-        ctx.delta_t = delta_t
-        return delta @ weight.detach().t().contiguous()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return (ctx.delta_t @ grad).t(), None, None
-
-
-def forward(model: HashMLP, batch) -> torch.Tensor:
-    """The network's output (tanh) for dense rows or a :class:`SparseBatch`."""
-    if not isinstance(batch, SparseBatch):
-        return model(batch)
-    first = model.net[0]
-    h = _SparseLinear.apply(first.weight, batch.delta, batch.delta_t)
-    h = h + (batch.base @ first.weight.t())[batch.groups] + first.bias
-    return torch.tanh(model.net[1:](h))
 
 
 def augment_values(values: torch.Tensor, row_of: torch.Tensor, n: int, cfg: TrainConfig,
@@ -282,40 +241,6 @@ def _batches(rows: _Rows, idx: np.ndarray, bs: int, device, gen=None, train_bs: 
     for s in range(0, len(idx), bs):
         b = idx[s : s + bs]
         yield b, (rows.sparse_batch(b, gen) if use_sparse else rows.get(b, gen).to(device))
-
-
-class AdamW:
-    """AdamW (Loshchilov & Hutter), the same arithmetic as ``torch.optim.AdamW``'s single-tensor path.
-
-    Written out because constructing any ``torch.optim`` optimizer imports ``torch._dynamo``,
-    1.2 s per process — a large share of training a model on a few thousand cells — and its
-    step wrappers add overhead per step.  The updates are bit-identical to torch's (tested).
-    """
-
-    def __init__(self, params: list, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.params, self.lr, self.wd, self.betas, self.eps = params, lr, weight_decay, betas, eps
-        self.m = [torch.zeros_like(p) for p in params]
-        self.v = [torch.zeros_like(p) for p in params]
-        self.t = 0
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        self.t += 1
-        b1, b2 = self.betas
-        step_size = self.lr / (1 - b1**self.t)
-        bc2_sqrt = (1 - b2**self.t) ** 0.5
-        for p, m, v in zip(self.params, self.m, self.v, strict=True):
-            if p.grad is None:
-                continue
-            g = p.grad
-            p.mul_(1 - self.lr * self.wd)
-            m.lerp_(g, 1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            p.addcdiv_(m, (v.sqrt() / bc2_sqrt).add_(self.eps), value=-step_size)
 
 
 class _threads:
