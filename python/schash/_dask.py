@@ -35,10 +35,10 @@ from scipy import sparse
 
 from . import _args
 from ._data import Expr, Source, _as_matrix, extract, is_anndata, is_zarr_path
-from ._encode import Encoded, assemble, chunk_features
+from ._encode import Encoded, assemble, chunk_features, input_facts
 from ._errors import InputError
 from ._scaled import Scaled, column_sums
-from ._values import check_finite_nonnegative, detect_kind
+from ._values import check_finite_nonnegative
 
 EXTRA = "pip install 'schash-annotate[dask]'"
 CHUNK_ROWS = 8192  # rows per Dask block of a file opened here: the encoder's default chunk_size
@@ -208,19 +208,11 @@ class Plan:
 def plan(pre, src: DaskSource, *, batch_key=None, groups=None, kind=None, species=None, chunk_size: int = 8192,
          min_gene_overlap: float = 0.3, progress: bool = False) -> tuple[Plan, np.ndarray, np.ndarray]:
     """The first pass of :class:`schash._encode.ScaledPass` for Dask input: the plan and each cell's group."""
-    chunk_size = _args.whole("chunk_size", chunk_size)
-    _args.number("min_gene_overlap", min_gene_overlap, lo=0, hi=1)
-    if kind is None:
-        sample = src.sample()
-        check_finite_nonnegative(sample)
-        kind = detect_kind(sample)  # the same rows across the whole input as the one-machine pass
-    if groups is None:
-        groups, n_groups = src.groups(batch_key)
-    else:
-        groups = np.asarray(groups, dtype=np.int64)
-        n_groups = int(groups.max()) + 1 if len(groups) else 1
+    f = input_facts(pre, src, batch_key=batch_key, groups=groups, kind=kind, species=species,
+                    chunk_size=chunk_size, min_gene_overlap=min_gene_overlap, check_sample=True)
+    genes, mapping, kind, groups, n_groups, chunk_size = (f.genes, f.gene_mapping, f.kind, f.groups, f.n_groups,
+                                                          f.chunk_size)
     # genes matched (and a short overlap refused or reported) as the one-machine pass does on its first chunk
-    genes, mapping = pre.query_genes(src.genes, species)
     first = src.chunk(0, min(src.n, 2))
     first.genes = genes
     _, present, _ = pre.features(first, kind=kind, min_overlap=min_gene_overlap, what="query", report=True)

@@ -48,6 +48,38 @@ class Encoded:
     gene_mapping: dict | None = None  # how the input's genes were matched to the model's (schash._genes)
 
 
+@dataclass
+class InputFacts:
+    """What an encoding pass decides about its input before reading the chunks."""
+
+    genes: pd.Index  # the input's gene names, matched to the model's where they are the same genes
+    gene_mapping: dict
+    kind: str
+    groups: np.ndarray  # each cell's scaling group
+    n_groups: int
+    chunk_size: int
+
+
+def input_facts(pre: Preprocessor, src, *, batch_key=None, groups=None, kind=None, species=None,
+                chunk_size: int = 8192, min_gene_overlap: float = 0.3, check_sample: bool = True) -> InputFacts:
+    """Arguments checked, genes matched, the kind of values (from rows across the whole input, never the
+    first chunk alone) and the scaling groups: the same for one machine (:class:`ScaledPass`) and Dask."""
+    chunk_size = _args.whole("chunk_size", chunk_size)
+    _args.number("min_gene_overlap", min_gene_overlap, lo=0, hi=1)
+    genes, mapping = pre.query_genes(src.genes, species)
+    if kind is None:
+        sample = src.sample()
+        if check_sample:  # in-memory input was checked whole when it was read
+            check_finite_nonnegative(sample)
+        kind = detect_kind(sample)
+    if groups is None:
+        groups, n_groups = src.groups(batch_key)
+    else:
+        groups = np.asarray(groups, dtype=np.int64)
+        n_groups = int(groups.max()) + 1 if len(groups) else 1
+    return InputFacts(genes, mapping, kind, groups, n_groups, chunk_size)
+
+
 class ScaledPass:
     """The scaled rows of a source for a model's preprocessing (see the module docstring).
 
@@ -62,20 +94,10 @@ class ScaledPass:
         from tqdm.auto import tqdm
 
         self.pre, self.src = pre, src
-        self.genes, self.gene_mapping = pre.query_genes(src.genes, species)
-        self.chunk_size = _args.whole("chunk_size", chunk_size)
-        _args.number("min_gene_overlap", min_gene_overlap, lo=0, hi=1)
-        if kind is None:
-            sample = src.sample()
-            if src.backed:
-                check_finite_nonnegative(sample)
-            kind = detect_kind(sample)  # from rows across the whole input, never the first chunk alone
-        self.kind = kind
-        if groups is None:
-            groups, n_groups = src.groups(batch_key)
-        else:
-            groups = np.asarray(groups, dtype=np.int64)
-            n_groups = int(groups.max()) + 1 if len(groups) else 1
+        f = input_facts(pre, src, batch_key=batch_key, groups=groups, kind=kind, species=species,
+                        chunk_size=chunk_size, min_gene_overlap=min_gene_overlap, check_sample=src.backed)
+        self.genes, self.gene_mapping, self.kind, self.chunk_size = f.genes, f.gene_mapping, f.kind, f.chunk_size
+        kind, groups, n_groups = f.kind, f.groups, f.n_groups
         self.groups = groups
         self.bounds = src.bounds(self.chunk_size)
         self.progress, self.min_gene_overlap = progress, min_gene_overlap
