@@ -12,7 +12,9 @@ Steps (wall seconds and peak memory of each):
 
 * ``schash train``   ``schash.train(path, max_cells_per_type=...)``: reads the training
   subsample from the backed file, trains, then streams every reference cell into the
-  database; includes saving the model.
+  database; includes saving the model (not importing anndata, which the CellTypist step
+  also does before its clock starts).  CellTypist's ``celltypist train`` is timed on the
+  training cells already in memory and log-normalised;
 * ``schash annotate`` nearest-anchor annotation of an in-memory, log-normalised query
   (from normalised expression to labels: ``model.predict``), beside
 * ``celltypist annotate`` on the same AnnData (model trained on the same subsample);
@@ -63,6 +65,8 @@ def _load_lognorm(path):
 
 # ---- steps, each run as `python speed.py _step NAME ARGS...` in a fresh process ----------------
 def step_schash_train(ref, model_path, max_per_type):
+    import anndata  # noqa: F401  (imported before the clock starts, as in the CellTypist step)
+
     import schash
 
     t = time.time()
