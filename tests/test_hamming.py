@@ -73,6 +73,21 @@ def test_both_neighbour_searches_equal_a_stable_argsort(n_distinct, monkeypatch)
         np.testing.assert_array_equal(dist, expected[1])
 
 
+@pytest.mark.parametrize("k", [1, 7, 40])
+def test_direct_search_at_the_edges_of_k(k):
+    """k of one, a k that falls inside a run of ties, and k equal to the whole reference."""
+    from schash import _hamming as h
+
+    rng = np.random.default_rng(k)
+    ref = rng.integers(0, 4, (40, 8), dtype=np.uint8)  # 2 varying bits per byte: many ties
+    q = rng.integers(0, 4, (90, 8), dtype=np.uint8)
+    d = h.distances(q, ref)
+    order = np.argsort(d, axis=1, kind="stable")[:, :k]
+    idx, dist = h._knn_direct(q, ref, k)
+    np.testing.assert_array_equal(idx, order)
+    np.testing.assert_array_equal(dist, np.take_along_axis(d, order, axis=1))
+
+
 def test_distances_are_exact_popcounts():
     from schash import _hamming as h
 
