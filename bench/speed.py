@@ -295,6 +295,9 @@ def write_report(rows, out, args):
         for _, r in g[g.method != "schash"].iterrows():
             if pd.notna(r.get("seconds")) and pd.notna(s):
                 lines.append(f"| {step} | {nr:,} | {nq:,} | {r['method']} | {s / r['seconds']:.3f} |")
+    lines += ["", "Companion runs: a 10,000,000-cell database from the command line in "
+              "[big_database.md](big_database.md) (`bench/big_database.py`), exact kNN on the codes of real "
+              "datasets against FAISS in [knn_real.md](knn_real.md) (`bench/knn_real.py`), Dask below."]
     old = (out / "speed.md").read_text() if (out / "speed.md").exists() else ""
     dask = old[old.index("## Dask"):] if "## Dask" in old else ""  # bench/dask_scaling.py's section stays
     (out / "speed.md").write_text("\n".join(lines) + "\n" + ("\n" + dask if dask else ""))
