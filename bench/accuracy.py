@@ -36,7 +36,7 @@ scale="reference", augment=0.8, min_cells_per_type=1; nearest anchor), ``schash-
 same model, k-NN vote among reference codes, k=15), ``schash-noaug`` (augment=0),
 ``schash-batchscale`` (scale="batch": each reference batch and the query standardised on
 themselves), ``schash-min10`` (min_cells_per_type=10), ``schash-rank`` (transform="rank").
-Every schash call gets ``batch_key="batch"`` where the reference has >= 2 batches, seed 0.
+Every schash call gets ``batch_key="batch"`` where the reference has >= 2 batches, seed 0 (the defaults also with seeds 1 to N-1 for their spread, ``--seeds N``).
 Peers: ``celltypist`` (logistic regression, ``use_SGD=False``), ``knn-pca`` (HVG from the
 reference, reference-scaled, PCA 50, k=15), ``singler`` and ``seurat`` (through
 ``Rscript bench/r_methods.R``; skipped with a note when R or the package is missing).
@@ -48,7 +48,7 @@ linear scale (``expm1``, or ``2**x - 1`` where values exceed ln(10^4)), renormal
 and log1p-transformed.
 
 Outputs ``OUT/accuracy.md`` (report), ``OUT/accuracy.csv``, ``OUT/single_type.csv``,
-``OUT/novelty.csv`` (raw rows) and ``OUT/accuracy_meta.json`` (for ``--report-only``).
+``OUT/novelty.csv``, ``OUT/seeds.csv`` (raw rows) and ``OUT/accuracy_meta.json`` (for ``--report-only``).
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ class Quiet(contextlib.ContextDecorator):
         return False
 
 
-def train_schash(ref, train_kw: dict, warn_log: Counter):
+def train_schash(ref, train_kw: dict, warn_log: Counter, seed: int = SEED):
     """One schash model on ``ref`` (batch-aware where it has >= 2 batches); returns (model, fit_s)."""
     import schash
 
@@ -236,7 +236,7 @@ def train_schash(ref, train_kw: dict, warn_log: Counter):
     with q:
         t0 = time.perf_counter()
         model = schash.train(ref, cell_type_key="cell_type", batch_key="batch" if has_batches(ref) else None,
-                             seed=SEED, progress=False, **train_kw)
+                             seed=seed, progress=False, **train_kw)
         fit = time.perf_counter() - t0
     warn_log.update(q.warnings)
     return model, fit
@@ -363,8 +363,10 @@ def run_r(ref_log, qry_log, methods, timeout=600):
 # ----------------------------------------------------------------------------- tasks
 
 
-def classification_task(ds, fold, adata, peer, ref_idx, q_idx, methods, r_status, warn_log, single_type=True):
-    """Rows of accuracy.csv for one fold, and rows of single_type.csv (cross-batch folds only)."""
+def classification_task(ds, fold, adata, peer, ref_idx, q_idx, methods, r_status, warn_log, single_type=True,
+                        seeds=()):
+    """Rows of accuracy.csv for one fold, of single_type.csv (cross-batch folds only) and of seeds.csv (the
+    defaults trained with seed 0 and each of ``seeds``)."""
     ref, qry = adata[ref_idx].copy(), adata[q_idx].copy()
     ref_log, qry_log = peer[ref_idx].copy(), peer[q_idx].copy()
     y_ref = ref.obs["cell_type"].astype(str).to_numpy()
@@ -374,7 +376,7 @@ def classification_task(ds, fold, adata, peer, ref_idx, q_idx, methods, r_status
     kind = task_kind(fold)
     base = {"dataset": ds, "fold": fold, "kind": kind, "n_ref": len(ref_idx), "n_query": len(q_idx),
             "n_scored": int(scored.sum()), "n_dropped": int((~scored).sum()), "dropped_types": ";".join(dropped)}
-    rows, st_rows = [], []
+    rows, st_rows, seed_rows = [], [], []
 
     def add(method, labels=None, fit=np.nan, pred_s=np.nan, unassigned=np.nan, error=""):
         row = dict(base, method=method, fit_s=fit, predict_s=pred_s, unassigned_frac=unassigned, error=error)
@@ -403,11 +405,24 @@ def classification_task(ds, fold, adata, peer, ref_idx, q_idx, methods, r_status
                 continue
             unas = float((pred["pruned_label"].astype(str).to_numpy()[scored] == "Unassigned").mean())
             add(name, pred["label"].astype(str).to_numpy(), fit, pred_s, unas)
+            if name == "schash" and seeds:
+                seed_rows.append(dict(base, seed=SEED, **scores(y_q[scored], pred["label"].astype(str).to_numpy()[scored])))
             if single_type and kind == "cross-batch" and name in SINGLE_TYPE_VARIANTS:
                 try:
                     st_rows += single_type_rows(base, name, model, qry, pred, scored, warn_log)
                 except Exception as e:  # noqa: BLE001
                     st_rows.append({"dataset": ds, "fold": fold, "variant": name, "error": err_text(e)})
+    for seed in seeds if "schash" in methods else ():
+        try:
+            model, _ = train_schash(ref, {}, warn_log, seed=seed)
+            pred, _ = predict_schash(model, qry, {}, warn_log)
+            seed_rows.append(dict(base, seed=seed, **scores(y_q[scored], pred["label"].astype(str).to_numpy()[scored])))
+        except Exception as e:  # noqa: BLE001
+            seed_rows.append(dict(base, seed=seed, error=err_text(e)))
+    if seed_rows:
+        f1s = [r["macro_f1"] for r in seed_rows if "macro_f1" in r]
+        print(f"  {ds:34s} {fold:22s} schash seeds {SEED}-{max(seeds)}: macroF1 mean {np.mean(f1s):.3f} "
+              f"({min(f1s):.3f}-{max(f1s):.3f})", flush=True)
     if "celltypist" in methods:
         try:
             labels, _, fit, pred_s, w = run_celltypist(ref, qry)
@@ -437,7 +452,7 @@ def classification_task(ds, fold, adata, peer, ref_idx, q_idx, methods, r_status
             else:
                 labels, _, fit, pred_s = res[m]
                 add(m, labels, fit, pred_s)
-    return rows, st_rows
+    return rows, st_rows, seed_rows
 
 
 def single_type_rows(base, variant, model, qry, full_pred, scored, warn_log):
@@ -604,8 +619,41 @@ def single_type_summary(st: pd.DataFrame):
     return per, means
 
 
+def seed_section(seeds: pd.DataFrame, gp: pd.DataFrame) -> list[str]:
+    """The defaults' macro F1 over several training seeds, per task, against the task's best peer."""
+    sd = seeds[seeds["error"].fillna("") == ""] if "error" in seeds else seeds
+    peer = gp[gp["method"] == "schash"].set_index(["dataset", "fold"])
+    tab, gaps_mean, within = [], [], {}
+    for (ds, fold), g in sd.groupby(["dataset", "fold"], sort=False):
+        if (ds, fold) not in peer.index:
+            continue
+        p = peer.loc[(ds, fold)]
+        f1 = g["macro_f1"].astype(float)
+        gap = f1.mean() - p["best_peer_f1"]
+        if p["kind"] == "cross-batch":
+            gaps_mean.append(gap)
+            for seed, v in zip(g["seed"], f1, strict=True):
+                within.setdefault(seed, []).append(v - p["best_peer_f1"] >= -0.02 - 1e-9)
+        tab.append({"dataset": ds, "fold": fold, "kind": p["kind"], "best peer": p["best_peer"],
+                    "peer F1": fmt(p["best_peer_f1"]), "schash F1, seeds": " / ".join(fmt(v) for v in f1),
+                    "mean": fmt(f1.mean()), "min–max": f"{fmt(f1.min())}–{fmt(f1.max())}",
+                    "gap of the mean": fmt(gap, sign=True)})
+    if not tab:
+        return []
+    g = np.array(gaps_mean)
+    per_seed = [int(np.sum(v)) for v in within.values()]
+    seeds_used = sorted(sd["seed"].unique())
+    return ["### The defaults over training seeds\n",
+            (f"The defaults (`schash`) trained with seeds {', '.join(str(s) for s in seeds_used)} on every task; the "
+             "peers are deterministic. Small folds move with the seed, so the mean is the fairer comparison.\n"),
+            md_table(pd.DataFrame(tab)), "",
+            (f"Cross-batch tasks: the mean over seeds is within 0.02 of the best peer on {int((g >= -0.02 - 1e-9).sum())} "
+             f"of {len(g)} and at or above it on {int((g >= -1e-9).sum())}; mean gap {fmt(g.mean(), sign=True)}. "
+             f"Single seeds: within 0.02 on {min(per_seed)}–{max(per_seed)} of {len(g)}."), ""]
+
+
 def write_report(out: Path, rows: pd.DataFrame, st: pd.DataFrame, nov: pd.DataFrame, meta: dict, warn_log: Counter,
-                 notes: list[str]):
+                 notes: list[str], seeds: pd.DataFrame | None = None):
     agg = aggregate(rows)
     present = [m for m in SCHASH_CONFIGS if m in set(rows["method"])]
     lines = ["# schash accuracy benchmark\n",
@@ -669,6 +717,8 @@ def write_report(out: Path, rows: pd.DataFrame, st: pd.DataFrame, nov: pd.DataFr
         lines += [md_table(pd.DataFrame(tab)), "", "### Summary per configuration\n",
                   ("Tasks where the configuration is within 0.02 of the best peer, at or above it, the mean gap and "
                    "the worst gap; cross-batch tasks and all tasks.\n"), md_table(gap_summary(gp)), ""]
+        if seeds is not None and len(seeds) and "macro_f1" in seeds:
+            lines += seed_section(seeds, gp)
 
     # 3. single-type and skewed queries
     if len(st) and "agreement" in st:
@@ -786,6 +836,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK_DATASETS)} (smoke test)")
     ap.add_argument("--no-novelty", action="store_true", help="skip the unknown-type tasks")
     ap.add_argument("--no-single-type", action="store_true", help="skip the single-type and skewed queries")
+    ap.add_argument("--seeds", type=int, default=5,
+                    help="train the defaults with seeds 0..N-1 on every task and report the spread (1: seed 0 only)")
     ap.add_argument("--report-only", action="store_true",
                     help="rebuild OUT/accuracy.md from OUT/accuracy.csv, single_type.csv, novelty.csv and "
                          "accuracy_meta.json")
@@ -797,7 +849,9 @@ def main(argv=None):
         rows["dropped_types"] = rows["dropped_types"].fillna("")
         st = read_csv(args.out / "single_type.csv")
         nov = read_csv(args.out / "novelty.csv")
-        print(write_report(args.out, rows, st, nov, meta, Counter(meta.pop("warnings", {})), meta.pop("notes", [])))
+        sd = read_csv(args.out / "seeds.csv") if (args.out / "seeds.csv").exists() else None
+        print(write_report(args.out, rows, st, nov, meta, Counter(meta.pop("warnings", {})), meta.pop("notes", []),
+                           sd))
         return
     if not args.data_dir.is_dir():
         sys.exit(f"data directory {args.data_dir} not found: pass the folder with the benchmark .h5ad files")
@@ -819,9 +873,10 @@ def main(argv=None):
     r_status = r_available() if {"singler", "seurat"} & set(args.methods) else {}
     notes = [f"{m}: {s}" for m, s in r_status.items() if s]
     warn_log: Counter = Counter()
-    rows, st, nov = [], [], []
+    rows, st, nov, sd = [], [], [], []
 
     def save():
+        pd.DataFrame(sd).to_csv(args.out / "seeds.csv", index=False)
         pd.DataFrame(rows).to_csv(args.out / "accuracy.csv", index=False)
         pd.DataFrame(st).to_csv(args.out / "single_type.csv", index=False)
         pd.DataFrame(nov).to_csv(args.out / "novelty.csv", index=False)
@@ -838,10 +893,12 @@ def main(argv=None):
         print(f"{ds}: {adata.n_obs} cells × {adata.n_vars} genes, X={adata.uns.get('X_kind')}", flush=True)
         folds = splits(adata)
         for fold, r_idx, q_idx in folds:
-            r, s = classification_task(ds, fold, adata, peer, r_idx, q_idx, args.methods, r_status, warn_log,
-                                       single_type=not args.no_single_type)
+            r, s, e = classification_task(ds, fold, adata, peer, r_idx, q_idx, args.methods, r_status, warn_log,
+                                          single_type=not args.no_single_type,
+                                          seeds=tuple(range(SEED + 1, SEED + args.seeds)))
             rows += r
             st += s
+            sd += e
         if not args.no_novelty and has_batches(adata):
             for fold, r_idx, q_idx in novelty_folds(folds):
                 nov += novelty_tasks(ds, adata, fold, r_idx, q_idx, args.methods, warn_log)
@@ -852,7 +909,8 @@ def main(argv=None):
             "machine": f"{platform.platform()}, {os.cpu_count()} CPUs (nproc), Python {platform.python_version()}",
             "wall_s": time.perf_counter() - t_start, "versions": versions()}
     (args.out / "accuracy_meta.json").write_text(json.dumps(dict(meta, notes=notes, warnings=dict(warn_log)), indent=1))
-    print(write_report(args.out, pd.DataFrame(rows), pd.DataFrame(st), pd.DataFrame(nov), meta, warn_log, notes))
+    print(write_report(args.out, pd.DataFrame(rows), pd.DataFrame(st), pd.DataFrame(nov), meta, warn_log, notes,
+                       pd.DataFrame(sd)))
 
 
 if __name__ == "__main__":
