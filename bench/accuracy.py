@@ -36,7 +36,8 @@ scale="reference", augment=0.8, min_cells_per_type=1; nearest anchor), ``schash-
 same model, k-NN vote among reference codes, k=15), ``schash-noaug`` (augment=0),
 ``schash-batchscale`` (scale="batch": each reference batch and the query standardised on
 themselves), ``schash-min10`` (min_cells_per_type=10), ``schash-rank`` (transform="rank").
-Every schash call gets ``batch_key="batch"`` where the reference has >= 2 batches, seed 0 (the defaults also with seeds 1 to N-1 for their spread, ``--seeds N``).
+Every schash call gets ``batch_key="batch"`` where the reference has >= 2 batches, seed 0
+(the defaults also with seeds 1 to N-1 for their spread, ``--seeds N``).
 Peers: ``celltypist`` (logistic regression, ``use_SGD=False``), ``knn-pca`` (HVG from the
 reference, reference-scaled, PCA 50, k=15), ``singler`` and ``seurat`` (through
 ``Rscript bench/r_methods.R``; skipped with a note when R or the package is missing).
@@ -378,6 +379,9 @@ def classification_task(ds, fold, adata, peer, ref_idx, q_idx, methods, r_status
             "n_scored": int(scored.sum()), "n_dropped": int((~scored).sum()), "dropped_types": ";".join(dropped)}
     rows, st_rows, seed_rows = [], [], []
 
+    def add_seed(seed, pred):
+        seed_rows.append(dict(base, seed=seed, **scores(y_q[scored], pred["label"].astype(str).to_numpy()[scored])))
+
     def add(method, labels=None, fit=np.nan, pred_s=np.nan, unassigned=np.nan, error=""):
         row = dict(base, method=method, fit_s=fit, predict_s=pred_s, unassigned_frac=unassigned, error=error)
         if labels is not None:
@@ -406,7 +410,7 @@ def classification_task(ds, fold, adata, peer, ref_idx, q_idx, methods, r_status
             unas = float((pred["pruned_label"].astype(str).to_numpy()[scored] == "Unassigned").mean())
             add(name, pred["label"].astype(str).to_numpy(), fit, pred_s, unas)
             if name == "schash" and seeds:
-                seed_rows.append(dict(base, seed=SEED, **scores(y_q[scored], pred["label"].astype(str).to_numpy()[scored])))
+                add_seed(SEED, pred)
             if single_type and kind == "cross-batch" and name in SINGLE_TYPE_VARIANTS:
                 try:
                     st_rows += single_type_rows(base, name, model, qry, pred, scored, warn_log)
@@ -415,12 +419,11 @@ def classification_task(ds, fold, adata, peer, ref_idx, q_idx, methods, r_status
     for seed in seeds if "schash" in methods else ():
         try:
             model, _ = train_schash(ref, {}, warn_log, seed=seed)
-            pred, _ = predict_schash(model, qry, {}, warn_log)
-            seed_rows.append(dict(base, seed=seed, **scores(y_q[scored], pred["label"].astype(str).to_numpy()[scored])))
+            add_seed(seed, predict_schash(model, qry, {}, warn_log)[0])
         except Exception as e:  # noqa: BLE001
             seed_rows.append(dict(base, seed=seed, error=err_text(e)))
-    if seed_rows:
-        f1s = [r["macro_f1"] for r in seed_rows if "macro_f1" in r]
+    f1s = [r["macro_f1"] for r in seed_rows if "macro_f1" in r]
+    if f1s:  # (none when every seed's training failed)
         print(f"  {ds:34s} {fold:22s} schash seeds {SEED}-{max(seeds)}: macroF1 mean {np.mean(f1s):.3f} "
               f"({min(f1s):.3f}-{max(f1s):.3f})", flush=True)
     if "celltypist" in methods:
