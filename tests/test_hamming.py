@@ -74,16 +74,35 @@ def test_both_neighbour_searches_equal_a_stable_argsort(n_distinct, monkeypatch)
 
 
 @pytest.mark.parametrize("k", [1, 7, 40])
-def test_direct_search_at_the_edges_of_k(k):
+def test_direct_search_at_the_edges_of_k(k, monkeypatch):
     """k of one, a k that falls inside a run of ties, and k equal to the whole reference."""
     from schash import _hamming as h
 
+    monkeypatch.setattr(h, "LOOP_COST_PAIRS", 10**9)  # the direct search
     rng = np.random.default_rng(k)
     ref = rng.integers(0, 4, (40, 8), dtype=np.uint8)  # 2 varying bits per byte: many ties
     q = rng.integers(0, 4, (90, 8), dtype=np.uint8)
     d = h.distances(q, ref)
     order = np.argsort(d, axis=1, kind="stable")[:, :k]
-    idx, dist = h._knn_direct(q, ref, k)
+    idx, dist = h.knn_indices(q, ref, k)
+    np.testing.assert_array_equal(idx, order)
+    np.testing.assert_array_equal(dist, np.take_along_axis(d, order, axis=1))
+
+
+@pytest.mark.parametrize("n_ref", [250_000, 270_000])
+def test_direct_search_keys_stay_exact_past_float32(n_ref, monkeypatch):
+    """Sort keys of distance × candidates + position: float32 up to 2**24, float64 beyond (64 bits:
+    258,111 candidates).  Every reference code distinct, so every cell is a candidate."""
+    from schash import _hamming as h
+
+    monkeypatch.setattr(h, "LOOP_COST_PAIRS", 10**9)
+    rng = np.random.default_rng(n_ref)
+    ref = rng.integers(0, 256, (n_ref, 8), dtype=np.uint8)
+    ref[-5:] = ref[-6]  # ties at the far end of the key range
+    q = np.concatenate([ref[-6:-5] ^ 1, rng.integers(0, 256, (20, 8), dtype=np.uint8)])
+    d = h.distances(q, ref)
+    order = np.argsort(d, axis=1, kind="stable")[:, :10]
+    idx, dist = h.knn_indices(q, ref, 10)
     np.testing.assert_array_equal(idx, order)
     np.testing.assert_array_equal(dist, np.take_along_axis(d, order, axis=1))
 
