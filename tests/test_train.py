@@ -134,3 +134,38 @@ def test_training_on_large_sparse_batches_learns(synth, monkeypatch):
     assert model.history["best_val_macro_f1"] > 0.9
     acc = (model.predict(synth)["label"].astype(str) == synth.obs["cell_type"].astype(str).to_numpy()).mean()
     assert acc > 0.9
+
+
+def test_batches_made_ahead_give_the_same_model(synth, monkeypatch):
+    """Batches made in a worker thread draw their augmentation in the plain loop's order."""
+    import schash._loop as loop
+
+    kw = dict(cell_type_key="cell_type", batch_key="batch", max_epochs=3, progress=False, seed=2)
+    ahead = schash.train(synth, **kw)
+    monkeypatch.setattr(loop, "_ahead", lambda items, depth=2: items)
+    plain = schash.train(synth, **kw)
+    for (k, va), vb in zip(ahead.module.state_dict().items(), plain.module.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+
+
+def test_ahead_keeps_order_raises_failures_and_stops_when_left():
+    import itertools
+    import threading
+
+    from schash._loop import _ahead
+
+    assert list(_ahead(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("bad batch")
+
+    got = []
+    with pytest.raises(ValueError, match="bad batch"):
+        for x in _ahead(failing()):
+            got.append(x)
+    assert got == [1]
+    for x in _ahead(itertools.count()):  # endless: leaving the loop must stop the producer
+        if x == 3:
+            break
+    assert not any(t.name == "schash-batches" for t in threading.enumerate())

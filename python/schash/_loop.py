@@ -246,6 +246,55 @@ def _batches(rows: _Rows, idx: np.ndarray, bs: int, device, gen=None, train_bs: 
         yield b, (rows.sparse_batch(b, gen) if use_sparse else rows.get(b, gen).to(device))
 
 
+def _ahead(items, depth: int = 2):
+    """The items of an iterator, made up to ``depth`` ahead in a worker thread.
+
+    Training batches are made (sliced, augmented, standardised: about a third of a step on 10k
+    cells × 2,000 genes) while the network trains on the previous one, so the two overlap on a
+    second core; the torch and SciPy work on both sides releases the GIL.  The items and the order
+    in which they draw random numbers are those of the plain loop: one producer, in order.  A
+    failure in the producer is raised here; leaving the loop early stops the producer.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def offer(entry) -> bool:  # False once the consumer has gone
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for item in items:
+                if not offer((None, item)):
+                    return
+            offer((None, done))
+        except BaseException as exc:  # handed to the consumer, raised there
+            offer((exc, None))
+
+    worker = threading.Thread(target=produce, name="schash-batches", daemon=True)
+    worker.start()
+    try:
+        while True:
+            exc, item = q.get()
+            if exc is not None:
+                raise exc
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
 class _threads:
     """Run with a given number of torch CPU threads, restoring the previous setting afterwards.
 
@@ -298,7 +347,7 @@ def _train(X, y, anchors, *, cfg, seed, device, progress, log_scale):
     for epoch in bar:
         model.train()
         total, count = 0.0, 0
-        for b, xb in _batches(rows, rng.permutation(tr), bs, dev, gen):
+        for b, xb in _ahead(_batches(rows, rng.permutation(tr), bs, dev, gen)):
             yb = y_t[b].to(dev)
             out = forward(model, xb)
             loss = _loss(out, target[yb], w[yb], cfg.quant_weight)
