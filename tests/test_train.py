@@ -169,3 +169,17 @@ def test_ahead_keeps_order_raises_failures_and_stops_when_left():
         if x == 3:
             break
     assert not any(t.name == "schash-batches" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("where", ["train_network", "fit_novelty"])
+def test_a_failure_beside_the_other_thread_is_raised(synth, monkeypatch, where):
+    """The network and the novelty scorer are fitted in two threads: a failure in either reaches the
+    caller (and a failed training does not leave the scorer's thread waiting for a network)."""
+    import schash._train as tr
+
+    def boom(*args, **kwargs):
+        raise ValueError(f"failed in {where}")
+
+    monkeypatch.setattr(tr, where, boom)
+    with pytest.raises(ValueError, match=f"failed in {where}"):
+        schash.train(synth, cell_type_key="cell_type", max_epochs=2, progress=False)

@@ -129,7 +129,8 @@ def fit_novelty(X, y: np.ndarray, train_idx: np.ndarray, *, seed: int, calibrati
     ``calibration_rows(idx)`` returns the reference rows ``idx`` as they are calibrated on
     (augmented when the network was trained with augmentation), ``logits(rows)`` the
     network's pre-tanh outputs, of ``margin_rows(idx)`` where the network's input is scaled
-    otherwise (``scale="batch"``).
+    otherwise (``scale="batch"``).  Everything but the margins is done before ``logits`` is first
+    called, so this can run while the network trains.
     """
     rng = np.random.default_rng(seed)
     fit_idx = np.sort(rng.choice(train_idx, min(len(train_idx), 20000), replace=False))
@@ -148,13 +149,15 @@ def fit_novelty(X, y: np.ndarray, train_idx: np.ndarray, *, seed: int, calibrati
     cal_idx = np.sort(rng.choice(len(y), min(len(y), n_calibration), replace=False))
     own = np.full(len(y), -1, dtype=np.int64)
     own[bank_idx] = np.arange(len(bank_idx))
-    d, m = [], []
+    d, z_parts = [], []
     for s in range(0, len(cal_idx), 4096):
         part = cal_idx[s : s + 4096]
         z = calibration_rows(part)
         d.append(scorer.distances(scorer.project(z), own=own[part]))
-        m.append(margins(logits(z if margin_rows is None else margin_rows(part)), anchors))
+        z_parts.append(z if margin_rows is None else part)
     scorer.calibration = np.sort(np.concatenate(d)).astype(np.float32)
+    # the network is needed only from here on (``logits`` may wait for it: see _train.py)
+    m = [margins(logits(z if margin_rows is None else margin_rows(z)), anchors) for z in z_parts]
     scorer.margin_calibration = np.sort(np.concatenate(m)).astype(np.float32)
     return scorer
 

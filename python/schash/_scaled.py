@@ -111,9 +111,13 @@ class Scaled:
         """Dense standardised rows ``idx`` (all rows when ``None``), float32."""
         idx = np.arange(self.shape[0]) if idx is None else idx
         block = self.F[idx]
-        block = block.toarray() if sparse.issparse(block) else np.array(block, dtype=np.float32)
+        out = block.toarray() if sparse.issparse(block) else np.array(block, dtype=np.float32)
         g = self.groups[idx]
-        out = (block - self.mean[g]) / self.std[g]
+        one = len(g) == 0 or (g == g[0]).all()  # one group: its statistics broadcast, not gathered per row
+        mean, std = (self.mean[g[0] if len(g) else 0], self.std[g[0] if len(g) else 0]) if one else (
+            self.mean[g], self.std[g])
+        out = np.subtract(out, mean, out=out if out.dtype == np.result_type(out, mean) else None)
+        np.divide(out, std, out=out)
         np.clip(out, -self.clip, self.clip, out=out)
         out[:, ~self.present] = 0.0
         return out.astype(np.float32, copy=False)
