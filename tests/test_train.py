@@ -142,7 +142,7 @@ def test_batches_made_ahead_give_the_same_model(synth, monkeypatch):
 
     kw = dict(cell_type_key="cell_type", batch_key="batch", max_epochs=3, progress=False, seed=2)
     ahead = schash.train(synth, **kw)
-    monkeypatch.setattr(loop, "_ahead", lambda items, depth=2: items)
+    monkeypatch.setattr(loop, "ahead", lambda items, depth=2: items)
     plain = schash.train(synth, **kw)
     for (k, va), vb in zip(ahead.module.state_dict().items(), plain.module.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
@@ -152,7 +152,7 @@ def test_ahead_keeps_order_raises_failures_and_stops_when_left():
     import itertools
     import threading
 
-    from schash._loop import _ahead
+    from schash._concurrency import ahead as _ahead
 
     assert list(_ahead(iter(range(50)), depth=2)) == list(range(50))
 
@@ -183,3 +183,65 @@ def test_a_failure_beside_the_other_thread_is_raised(synth, monkeypatch, where):
     monkeypatch.setattr(tr, where, boom)
     with pytest.raises(ValueError, match=f"failed in {where}"):
         schash.train(synth, cell_type_key="cell_type", max_epochs=2, progress=False)
+
+
+def test_prune_threshold_is_the_clipped_quantile_of_the_cells_it_is_given():
+    from schash._train import _prune_threshold
+
+    rng = np.random.default_rng(0)
+    anchors = np.where(rng.random((3, 64)) < 0.5, -1.0, 1.0).astype(np.float32)
+    flips = np.array([0, 2, 5, 9, 11, 30])  # each row: anchor 0 with this many bits flipped
+
+    class Net:
+        @staticmethod
+        def logits_dense(rows):
+            out = np.repeat(anchors[:1], len(rows), axis=0)
+            for i, f in enumerate(rows[:, 0].astype(int)):
+                out[i, :f] *= -1
+            return out
+
+    rows = lambda idx: flips[idx, None].astype(np.float32)  # noqa: E731
+    idx = np.arange(len(flips))
+    dist = np.minimum(flips, 64 - flips)  # distance to the nearest anchor is at most the flips
+    assert _prune_threshold(Net, rows, idx[:4], anchors, 1.0) == 9  # within [8, 15]
+    assert _prune_threshold(Net, rows, idx[:2], anchors, 1.0) == 8  # floor K/8
+    assert _prune_threshold(Net, rows, idx, anchors, 1.0) == 15  # cap K/4 - 1
+    assert dist.max() > 15
+
+
+@pytest.mark.parametrize("augment", [0.0, 0.8])
+def test_prune_threshold_sees_augmented_validation_cells(synth, monkeypatch, augment):
+    """The threshold is calibrated on validation cells perturbed as in training (plain without augmentation)."""
+    import schash._train as tr
+
+    seen = {}
+
+    def capture(module, rows, val_idx, anchors, quantile):
+        seen["rows"], seen["val"] = rows(val_idx), val_idx
+        return 10
+
+    monkeypatch.setattr(tr, "_prune_threshold", capture)
+    real_rows = tr.calibration_rows
+    plain = {}
+
+    def calibration_rows(X, cfg, log_scale, seed):
+        plain["X"] = X
+        return real_rows(X, cfg, log_scale, seed)
+
+    monkeypatch.setattr(tr, "calibration_rows", calibration_rows)
+    model = schash.train(synth, cell_type_key="cell_type", max_epochs=2, augment=augment, progress=False)
+    assert model.threshold == 10
+    same = np.allclose(seen["rows"], plain["X"].rows(seen["val"]))
+    assert same == (augment == 0.0)
+
+
+def test_validation_batches_kept_or_remade_give_the_same_model(synth, monkeypatch):
+    import schash._loop as loop
+
+    kw = dict(cell_type_key="cell_type", max_epochs=3, progress=False, seed=1)
+    kept = schash.train(synth, **kw)
+    monkeypatch.setattr(loop, "VAL_CACHE_BYTES", 0)  # remade each epoch
+    remade = schash.train(synth, **kw)
+    assert kept.history["val_loss"] == remade.history["val_loss"]
+    for (k, va), vb in zip(kept.module.state_dict().items(), remade.module.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k

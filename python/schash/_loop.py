@@ -16,6 +16,7 @@ import torch
 from sklearn.metrics import f1_score
 from sklearn.model_selection import train_test_split
 
+from ._concurrency import Again, ahead, threads
 from ._first_layer import SparseBatch, forward, torch_csr
 from ._logging import logger
 from ._module import HashMLP
@@ -246,73 +247,6 @@ def _batches(rows: _Rows, idx: np.ndarray, bs: int, device, gen=None, train_bs: 
         yield b, (rows.sparse_batch(b, gen) if use_sparse else rows.get(b, gen).to(device))
 
 
-def _ahead(items, depth: int = 2):
-    """The items of an iterator, made up to ``depth`` ahead in a worker thread.
-
-    Training batches are made (sliced, augmented, standardised: about a third of a step on 10k
-    cells × 2,000 genes) while the network trains on the previous one, so the two overlap on a
-    second core; the torch and SciPy work on both sides releases the GIL.  The items and the order
-    in which they draw random numbers are those of the plain loop: one producer, in order.  A
-    failure in the producer is raised here; leaving the loop early stops the producer.
-    """
-    import queue
-    import threading
-
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def offer(entry) -> bool:  # False once the consumer has gone
-        while not stop.is_set():
-            try:
-                q.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce():
-        try:
-            for item in items:
-                if not offer((None, item)):
-                    return
-            offer((None, done))
-        except BaseException as exc:  # handed to the consumer, raised there
-            offer((exc, None))
-
-    worker = threading.Thread(target=produce, name="schash-batches", daemon=True)
-    worker.start()
-    try:
-        while True:
-            exc, item = q.get()
-            if exc is not None:
-                raise exc
-            if item is done:
-                return
-            yield item
-    finally:
-        stop.set()
-        worker.join()
-
-
-class _threads:
-    """Run with a given number of torch CPU threads, restoring the previous setting afterwards.
-
-    Small networks train several times faster on one thread: the per-step work is too
-    small to split, and a second thread that must wait for a busy core stalls every step.
-    """
-
-    def __init__(self, n: int | None):
-        self.n, self.before = n, torch.get_num_threads()
-
-    def __enter__(self):
-        if self.n:
-            torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.before)
-
-
 def train_network(X, y: np.ndarray, anchors: np.ndarray, *, cfg: TrainConfig, seed: int, device: str, progress: bool,
                   log_scale: bool = True):
     """Train a :class:`HashMLP`; returns (module on CPU in eval mode, history, validation indices)."""
@@ -320,7 +254,7 @@ def train_network(X, y: np.ndarray, anchors: np.ndarray, *, cfg: TrainConfig, se
     # one thread unless a step is large (a batch of 512 cells over more than ~8,000 genes): on 2 cores
     # with another process busy, 10k cells x 2,000 genes trained in 24 s on one thread and 80 s on two
     n_threads = cfg.num_threads or (1 if bs * X.shape[1] <= 4_000_000 else None)
-    with _threads(n_threads):
+    with threads(n_threads):
         return _train(X, y, anchors, cfg=cfg, seed=seed, device=device, progress=progress, log_scale=log_scale)
 
 
@@ -341,13 +275,19 @@ def _train(X, y, anchors, *, cfg, seed, device, progress, log_scale):
     target = (A + 1) / 2
     w = torch.from_numpy(class_weights(y[tr], n_types, cfg.beta)).to(dev)
     y_t = torch.from_numpy(y.astype(np.int64))
+    # the validation batches are the same every epoch (no augmentation): made once where they are small
+    val_batches = _batches(rows, va, bs * 4, dev, train_bs=bs)
+    if len(va) * X.shape[1] * 4 <= VAL_CACHE_BYTES:
+        val_batches = list(val_batches)
+    else:
+        val_batches = Again(functools.partial(_batches, rows, va, bs * 4, dev, train_bs=bs))
     history = {"epoch": [], "train_loss": [], "val_loss": [], "val_macro_f1": [], "val_accuracy": []}
     best, best_state, since = (-1.0, np.inf), None, 0
     bar = tqdm(range(epochs), desc="schash train", disable=not progress, unit="epoch")
     for epoch in bar:
         model.train()
         total, count = 0.0, 0
-        for b, xb in _ahead(_batches(rows, rng.permutation(tr), bs, dev, gen)):
+        for b, xb in ahead(_batches(rows, rng.permutation(tr), bs, dev, gen)):
             yb = y_t[b].to(dev)
             out = forward(model, xb)
             loss = _loss(out, target[yb], w[yb], cfg.quant_weight)
@@ -356,7 +296,7 @@ def _train(X, y, anchors, *, cfg, seed, device, progress, log_scale):
             opt.step()
             total += loss.item() * len(b)
             count += len(b)
-        val_loss, f1, acc = _evaluate(model, rows, y, va, bs, dev, A, target, w, cfg.quant_weight)
+        val_loss, f1, acc = _evaluate(model, val_batches, y, va, A, target, w, cfg.quant_weight)
         for key, val in zip(history, (epoch + 1, total / count, val_loss, f1, acc), strict=False):
             history[key].append(val)
         bar.set_postfix(loss=f"{total / count:.3f}", val_f1=f"{f1:.3f}")
@@ -389,13 +329,16 @@ def _loss(out, target, weight, quant_weight):
     return (weight * bce).sum() / weight.sum() + quant_weight * ((out.abs() - 1) ** 2).mean()
 
 
+VAL_CACHE_BYTES = 64 << 20  # validation rows (as dense float32) kept between epochs up to this size
+
+
 @torch.no_grad()
-def _evaluate(model, rows, y, va, bs, dev, A, target, w, quant_weight):
+def _evaluate(model, val_batches, y, va, A, target, w, quant_weight):
     model.eval()
     preds, losses = [], []
-    for b, xb in _batches(rows, va, bs * 4, dev, train_bs=bs):
+    for b, xb in val_batches:
         out = forward(model, xb)
-        yb = torch.from_numpy(y[b].astype(np.int64)).to(dev)
+        yb = torch.from_numpy(y[b].astype(np.int64)).to(A.device)
         losses.append(float(_loss(out, target[yb], w[yb], quant_weight)) * len(b))
         preds.append(predict_anchor(out, A).cpu().numpy())
     pred = np.concatenate(preds)
