@@ -34,13 +34,13 @@ def test_nearest_anchor_distance_and_gap():
     np.testing.assert_array_equal(gap, np.sort(d, 1)[:, 1] - d.min(1))
 
 
-def test_knn_vote_equals_brute_force_with_fractional_ties():
-    rng = np.random.default_rng(3)
-    ref = rng.integers(0, 4, (300, 1), dtype=np.uint8)  # few distinct codes: many ties
+@pytest.mark.parametrize(("width", "k"), [(1, 25), (1, 1), (1, 300), (2, 7), (8, 40)])
+def test_knn_vote_equals_brute_force_with_fractional_ties(width, k):
+    rng = np.random.default_rng(3 + k)
+    ref = rng.integers(0, 4, (300, width), dtype=np.uint8)  # few distinct codes: many ties
     labels = rng.integers(0, 3, 300)
-    q = rng.integers(0, 8, (40, 1), dtype=np.uint8)
-    k = 25
-    frac, mean_d = _hamming.knn_vote(q, ref, labels, 3, k, n_bits=8)
+    q = rng.integers(0, 8, (40, width), dtype=np.uint8)
+    frac, mean_d = _hamming.knn_vote(q, ref, labels, 3, k, n_bits=8 * width)
     d = brute(q, ref)
     for i in range(len(q)):
         kth = np.sort(d[i])[k - 1]
@@ -115,3 +115,24 @@ def test_distances_are_exact_popcounts():
     b = rng.integers(0, 256, (200, 16), dtype=np.uint8)
     bits = np.unpackbits(a[:, None, :] ^ b[None], axis=2).sum(-1)
     np.testing.assert_array_equal(h.distances(a, b), bits)
+
+
+@pytest.mark.parametrize("width", [1, 3, 8, 16])
+def test_distinct_rows_inverse_and_counts(width):
+    """Codes of any byte width (padded to 64-bit words; several words combined): the distinct rows are
+    numpy's, in order of first appearance, and the inverse and counts rebuild the input."""
+    from schash import _hamming as h
+
+    rng = np.random.default_rng(width)
+    base = rng.integers(0, 256, (40, width), dtype=np.uint8)
+    base[1] = base[0]
+    base[2, : width // 2] = base[0, : width // 2]  # shares a first word (or half) with another row
+    codes = base[rng.integers(0, 40, 1000)]
+    uniq, inv, counts = h.distinct(codes)
+    np.testing.assert_array_equal(uniq[inv], codes)
+    np.testing.assert_array_equal(np.sort(uniq.view(np.dtype((np.void, width))).ravel()),
+                                  np.unique(codes.view(np.dtype((np.void, width))).ravel()))
+    np.testing.assert_array_equal(counts, np.bincount(inv))
+    firsts = [int(np.flatnonzero(inv == j)[0]) for j in range(len(uniq))]
+    assert firsts == sorted(firsts)
+    assert h.distinct(codes[:0])[0].shape == (0, width)
