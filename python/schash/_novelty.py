@@ -156,7 +156,8 @@ def fit_novelty(X, y: np.ndarray, train_idx: np.ndarray, *, seed: int, calibrati
         d.append(scorer.distances(scorer.project(z), own=own[part]))
         z_parts.append(z if margin_rows is None else part)
     scorer.calibration = np.sort(np.concatenate(d)).astype(np.float32)
-    # the network is needed only from here on (``logits`` may wait for it: see _train.py)
+    # the network is needed only from here on (``logits`` may wait for it: see _train.py); the
+    # calibration rows are kept until then, at most n_calibration × genes float32 (160 MB at 2,000)
     m = [margins(logits(z if margin_rows is None else margin_rows(z)), anchors) for z in z_parts]
     scorer.margin_calibration = np.sort(np.concatenate(m)).astype(np.float32)
     return scorer
