@@ -113,9 +113,10 @@ class Scaled:
         block = self.F[idx]
         out = block.toarray() if sparse.issparse(block) else np.array(block, dtype=np.float32)
         g = self.groups[idx]
-        one = len(g) == 0 or (g == g[0]).all()  # one group: its statistics broadcast, not gathered per row
-        mean, std = (self.mean[g[0] if len(g) else 0], self.std[g[0] if len(g) else 0]) if one else (
-            self.mean[g], self.std[g])
+        if len(g) and (g == g[0]).all():  # one group: its statistics broadcast, not gathered per row
+            mean, std = self.mean[g[0]], self.std[g[0]]
+        else:
+            mean, std = self.mean[g], self.std[g]
         out = np.subtract(out, mean, out=out if out.dtype == np.result_type(out, mean) else None)
         np.divide(out, std, out=out)
         np.clip(out, -self.clip, self.clip, out=out)
