@@ -91,3 +91,28 @@ def test_duplicate_entries_of_a_sparse_query_count_as_their_sum(synth_model, syn
     before = dup.data.copy()
     np.testing.assert_array_equal(synth_model.encode(dup, genes=genes), synth_model.encode(X, genes=genes))
     np.testing.assert_array_equal(dup.data, before)  # the caller's matrix is left as it was
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+def test_sparse_log_normalise_equals_the_dense_computation(dtype):
+    """Each stored value is scaled by its row's factor and log1p-transformed; explicit zeros and
+    empty rows store nothing, duplicates are summed, the input is untouched."""
+    rng = np.random.default_rng(0)
+    dense = np.floor(rng.random((40, 30)) * 8) * (rng.random((40, 30)) < 0.3)
+    dense[3] = 0.0  # an empty cell
+    X = sparse.csr_matrix(dense.astype(dtype))
+    X.data[::7] = 0  # explicit zeros
+    # row 0 replaced by two entries of one gene (a non-canonical CSR matrix)
+    start = X.indptr[1]
+    dup = sparse.csr_matrix((np.r_[np.array([2, 3], dtype), X.data[start:]], np.r_[[1, 1], X.indices[start:]],
+                             np.r_[0, X.indptr[1:] - start + 2]), shape=X.shape)
+    assert not dup.has_canonical_format
+    before = dup.copy()
+    for M in (X, dup, dup.tocsc()):
+        Y = log_normalise(M, "counts")
+        D = M.toarray().astype(np.float64)
+        totals = D.sum(1, keepdims=True)
+        expected = np.log1p(np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0) * D)
+        assert Y.dtype == np.float32 and (Y.data != 0).all()
+        np.testing.assert_allclose(Y.toarray(), expected, rtol=1e-5)
+    assert (dup != before).nnz == 0 and np.array_equal(dup.data, before.data)

@@ -104,8 +104,18 @@ def log_normalise(X, kind: str, target_sum: float = 1e4):
     totals = np.asarray(X.sum(axis=1), dtype=np.float64).reshape(-1)
     scale = np.divide(target_sum, totals, out=np.zeros_like(totals, dtype=np.float64), where=totals > 0)
     if sparse.issparse(X):
-        Y = sparse.diags(scale.astype(np.float32)) @ X
-        Y = sparse.csr_matrix(Y, dtype=np.float32)
+        # each stored value times its row's factor, as diag(scale) @ X computes it (in the product's
+        # dtype, then float32), without SciPy's sparse product: that builds a new structure with
+        # unsorted indices, which then need sorting (~0.15 s per 100,000 cells)
+        X = sparse.csr_matrix(X)
+        if not X.has_canonical_format:
+            X = X.copy()
+            X.sum_duplicates()
+        factor = scale.astype(np.float32)
+        dtype = np.result_type(factor, X.dtype)
+        data = (X.data.astype(dtype, copy=False) * np.repeat(factor, np.diff(X.indptr)).astype(dtype, copy=False))
+        Y = sparse.csr_matrix((data.astype(np.float32, copy=False), X.indices.copy(), X.indptr.copy()), shape=X.shape)
+        Y.eliminate_zeros()  # as the product drops them: explicit zeros and the rows of empty cells
         np.log1p(Y.data, out=Y.data)
         return Y
     return np.log1p(X * scale[:, None].astype(np.float32))
