@@ -89,18 +89,6 @@ def _bank_width(m, t):
     t["novelty.bank"] = t["novelty.bank"][:, :-2].copy()
 
 
-def _deep_bank_width(m, t):
-    t["novelty.deep_bank"] = t["novelty.deep_bank"][:, :-1].copy()
-
-
-def _deep_bank_alone(m, t):
-    del t["novelty.deep_calibration"]
-
-
-def _deep_calibration_unsorted(m, t):
-    t["novelty.deep_calibration"] = t["novelty.deep_calibration"][::-1].copy()
-
-
 def _unassigned_type(m, t):
     m["cell_types"][0] = "Unassigned"
 
@@ -121,9 +109,6 @@ def _fewer_codes(m, t):
         (_nan_weights, "NaN"),
         (_short_layer, "net.*shape"),
         (_bank_width, "novelty.bank.*shape"),
-        (_deep_bank_width, "novelty.deep_bank.*shape"),
-        (_deep_bank_alone, "deep bank and deep calibration must be both present"),
-        (_deep_calibration_unsorted, "novelty.deep_calibration.*sorted"),
         (_fewer_codes, "ref_labels.*shape"),
         (_unassigned_type, "reserved"),
     ],

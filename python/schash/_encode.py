@@ -192,28 +192,24 @@ class Encoder:
         if self.novelty is None:
             return _hamming.pack(self.module.logits_sparse(block)), None, None  # sign(tanh(x)) == sign(x)
         # typicality is judged against the reference's own scale, whatever `scale` the network uses
-        pre, nov = self.pre, self.novelty
+        pre = self.pre
         ref = block if pre.scale == "reference" else block.restat(
             np.zeros(block.shape[0], dtype=np.int64), pre.ref_mean[None], pre.ref_std[None])
-        feats, logits, coords = self._network_and_projection(block, ref)
-        if nov.uses_features:
-            return _hamming.pack(logits), coords, nov.typicality(coords, features=feats)
-        return _hamming.pack(logits), coords, nov.typicality(coords, margins(logits, self.anchors))
+        logits, coords = self._logits_and_projection(block, ref)
+        return _hamming.pack(logits), coords, self.novelty.typicality(coords, margins(logits, self.anchors))
 
-    def _network_and_projection(self, block: Scaled, ref_block: Scaled):
-        """The network's last hidden layer and pre-tanh outputs and the novelty scorer's projection of a
-        block; one sparse product serves both when they scale the block alike (``scale="reference"``)."""
+    def _logits_and_projection(self, block: Scaled, ref_block: Scaled) -> tuple[np.ndarray, np.ndarray]:
+        """The network's pre-tanh outputs and the novelty scorer's projection of a block; one sparse
+        product serves both when they scale the block alike (``scale="reference"``)."""
+        if ref_block is not block:
+            return self.module.logits_sparse(block), self.novelty.project(ref_block)
         first, nov = self.module.net[0], self.novelty
         w1 = first.weight.detach().numpy()
-        if ref_block is not block:
-            h = block.linear(w1, first.bias.detach().numpy())
-            return (*self.module.features_and_logits_from_first(h), nov.project(ref_block))
         weight = np.vstack([w1, nov.components])
         bias = np.concatenate([first.bias.detach().numpy(), -dot_rows(nov.components, nov.center)])
         h = block.linear(weight, bias)
         n = w1.shape[0]
-        feats, logits = self.module.features_and_logits_from_first(h[:, :n])
-        return feats, logits, nov.project_from(h[:, n:], block.sq_dist(nov.center))
+        return self.module.logits_from_first(h[:, :n]), nov.project_from(h[:, n:], block.sq_dist(nov.center))
 
     def run(self, src: Source, *, keep_projected: bool = False, progress: bool = False, **kwargs) -> Encoded:
         """Encode every cell of ``src``: codes and, with a novelty scorer, typicality (and with

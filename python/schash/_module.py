@@ -43,15 +43,3 @@ class HashMLP(nn.Module):
     def logits_from_first(self, h: np.ndarray) -> np.ndarray:
         """Pre-tanh outputs from the first layer's outputs (inference only)."""
         return self.net[1:](torch.from_numpy(np.ascontiguousarray(h, dtype=np.float32))).numpy()
-
-    @torch.no_grad()
-    def features_and_logits_from_first(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The last hidden layer's outputs and the pre-tanh outputs, from the first layer's outputs
-        (inference only; the logits are those of :meth:`logits_from_first`)."""
-        feats = self.net[1:-1](torch.from_numpy(np.ascontiguousarray(h, dtype=np.float32)))
-        return feats.numpy(), self.net[-1](feats).numpy()
-
-    @torch.no_grad()
-    def features_dense(self, rows: np.ndarray) -> np.ndarray:
-        """The last hidden layer's outputs for dense standardised rows (inference only)."""
-        return self.net[:-1](torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))).numpy()

@@ -246,18 +246,16 @@ def _prune_threshold(module, rows, val_idx: np.ndarray, anchors: np.ndarray, qua
 def _train_with_novelty(X, X_ref, y, anchors, val_idx, *, cfg, seed, device, progress, log_scale, scale):
     """Train the network and fit the novelty scorer side by side: the scorer's PCA, bank and
     calibration distances do not need the network, so they run in a second thread while it
-    trains (on 2 cores, ~0.6 s of a 10,000-cell reference's training); only its view through the
-    network's last hidden layer waits for it.  Returns (module, history, novelty scorer): the same as
-    one after the other."""
+    trains (on 2 cores, ~0.6 s of a 10,000-cell reference's training); only the margins wait
+    for it.  Returns (module, history, novelty scorer): the same as one after the other."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
     trained: Future = Future()
     with ThreadPoolExecutor(1, thread_name_prefix="schash-novelty") as pool:
         novelty = pool.submit(
-            fit_novelty, X_ref, y, np.setdiff1d(np.arange(len(y)), val_idx), seed=seed,
+            fit_novelty, X_ref, y, np.setdiff1d(np.arange(len(y)), val_idx), seed=seed, anchors=anchors,
             calibration_rows=calibration_rows(X_ref, cfg, log_scale, seed),
-            features=lambda z: trained.result().features_dense(z),
-            network_rows=X.rows if scale == "batch" else None,
+            logits=lambda z: trained.result().logits_dense(z),
             margin_rows=calibration_rows(X, cfg, log_scale, seed) if scale == "batch" else None)
         try:
             module, history, net_val_idx = train_network(X, y, anchors, cfg=cfg, seed=seed, device=device,

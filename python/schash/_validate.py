@@ -203,20 +203,13 @@ def check_tensors(meta, t: dict, path) -> None:
     bank = c.tensor(t, "novelty.bank", (None, comps.shape[0] + 1), np.float32)
     if bank.shape[0] < 1:
         c.fail("the novelty scorer's reference bank is empty")
-    if ("novelty.deep_bank" in t) != ("novelty.deep_calibration" in t):
-        c.fail("the novelty scorer's deep bank and deep calibration must be both present or both absent")
-    if "novelty.deep_bank" in t:
-        width = mod["hidden"][-1] if mod["hidden"] else n_genes  # no hidden layer: the input
-        if c.tensor(t, "novelty.deep_bank", (None, width), np.float32).shape[0] < 1:
-            c.fail("the novelty scorer's deep bank is empty")
-    for name in ("novelty.calibration", "novelty.margin_calibration", "novelty.deep_calibration"):
+    for name in ("novelty.calibration", "novelty.margin_calibration"):
         if name == "novelty.calibration" or name in t:
             cal = c.tensor(t, name, (None,), np.float32)
             if cal.size < 1 or (np.diff(cal) < 0).any():
                 c.fail(f"tensor {name!r} must be a non-empty sorted list")
     known = set(shapes) | {"anchors", "ref_mean", "ref_std", "ref_codes", "ref_labels", "ref_batches",
-                           "novelty.margin_calibration", "novelty.deep_bank", "novelty.deep_calibration",
-                           *_NOVELTY} | {f"ref_meta.{k}" for k in meta_cats}
+                           "novelty.margin_calibration", *_NOVELTY} | {f"ref_meta.{k}" for k in meta_cats}
     ref_map = meta.get("ref_map")
     if ref_map is not None:  # the reference's 2-D embedding (schash._refmap)
         ref_map = c.dict_("ref_map", ref_map)
