@@ -1,0 +1,60 @@
+"""The typicality: conformal p-values of the expression view and the network's margin, combined."""
+
+import numpy as np
+import pytest
+from conftest import make_counts
+from sklearn.metrics import roc_auc_score
+
+import schash
+from schash._novelty import NoveltyScorer, fit_novelty
+from schash._scaled import Scaled
+
+
+def _scorer(rng, n_bank=40):
+    comps = np.linalg.qr(rng.normal(size=(8, 3)))[0].T.astype(np.float32)  # 3 orthonormal components
+    s = NoveltyScorer(comps, np.zeros(8, np.float32), np.zeros((0, 4), np.float32), np.zeros(0, np.float32), k=3)
+    s.bank = s.project(rng.normal(size=(n_bank, 8)).astype(np.float32))
+    s.calibration = np.sort(s.distances(s.project(rng.normal(size=(200, 8)).astype(np.float32))))
+    s.margin_calibration = np.sort(rng.normal(size=100)).astype(np.float32)
+    return s
+
+
+def test_typicality_is_the_bonferroni_minimum_of_the_two_p_values():
+    rng = np.random.default_rng(2)
+    s = _scorer(rng)
+    coords = s.project(rng.normal(size=(30, 8)).astype(np.float32))
+    m = rng.normal(size=30)
+    d = s.distances(coords)
+    p_expr = np.array([(1 + (s.calibration >= x).sum()) / (1 + len(s.calibration)) for x in d])
+    p_margin = np.array([(1 + (s.margin_calibration <= x).sum()) / 101 for x in m])
+    np.testing.assert_allclose(s.typicality(coords, m), np.minimum(1, 2 * np.minimum(p_expr, p_margin)))
+    np.testing.assert_allclose(s.typicality(coords), p_expr)  # no margins: the expression view alone
+    # a cell whose margin is below every calibration margin is atypical however typical its expression
+    low = s.typicality(coords, np.full(30, s.margin_calibration[0] - 1.0))
+    assert (low <= 2 / 101 + 1e-12).all()
+
+
+def test_fit_leaves_each_bank_cell_out_of_its_own_calibration():
+    rng = np.random.default_rng(3)
+    n, g = 60, 12
+    X = Scaled(rng.normal(size=(n, g)).astype(np.float32), np.zeros(n, np.int64), np.zeros((1, g)),
+               np.ones((1, g)), np.ones(g, bool), 10.0)
+    y = np.repeat([0, 1, 2], n // 3)
+    anchors = np.where(rng.random((3, 16)) < 0.5, -1.0, 1.0).astype(np.float32)
+    s = fit_novelty(X, y, np.arange(n), seed=0, calibration_rows=X.rows,
+                    logits=lambda z: np.tile(anchors[0], (len(z), 1)), anchors=anchors, k=1, n_comps=4)
+    assert len(s.bank) == n  # every cell is in the bank and calibrates on plain rows
+    # with itself left out, no cell is at distance 0 from its nearest bank cell
+    assert (s.calibration > 1e-3).all() and (np.diff(s.calibration) >= 0).all()
+    assert len(s.margin_calibration) == n and (np.diff(s.margin_calibration) >= 0).all()
+
+
+@pytest.mark.parametrize("scale", ["reference", "batch"])
+def test_left_out_type_is_less_typical_under_either_scaling(scale):
+    data = make_counts(n_cells=900, n_types=5, seed=7)
+    ref = data[(data.obs["batch"] == "b0").to_numpy() & (data.obs["cell_type"] != "type_4").to_numpy()].copy()
+    query = data[data.obs["batch"] == "b1"].copy()
+    m = schash.train(ref, cell_type_key="cell_type", scale=scale, max_epochs=15, progress=False)
+    df = m.predict(query)
+    novel = (query.obs["cell_type"] == "type_4").to_numpy()
+    assert roc_auc_score(novel, -df["typicality"]) > 0.85
