@@ -19,17 +19,24 @@ import logging
 import os
 import sys
 import time
-import warnings
 from collections import Counter
 from pathlib import Path
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 from scipy import sparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import is_counts, log_normalised, run_celltypist, run_knn_pca, scores, splits, train_schash  # noqa: E402
+from accuracy import (  # noqa: E402
+    is_counts,
+    log_normalised,
+    read_dataset,
+    run_celltypist,
+    run_knn_pca,
+    scores,
+    splits,
+    train_schash,
+)
 
 VARIANTS = {"schash": {}, "schash-batchscale": {"scale": "batch"}}
 
@@ -61,12 +68,7 @@ def main(argv=None) -> None:
     logging.getLogger("schash").setLevel(logging.ERROR)
     t0, rows, warn_log = time.perf_counter(), [], Counter()
     for f in files:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            adata = ad.read_h5ad(f)
-        adata.obs["cell_type"] = adata.obs["cell_type"].astype(str)
-        if "batch" in adata.obs:
-            adata.obs["batch"] = adata.obs["batch"].astype(str)
+        adata = read_dataset(f)
         y = adata.obs["cell_type"].to_numpy()
         for fold, ref_idx, q_idx in splits(adata):
             ref = adata[ref_idx].copy()
