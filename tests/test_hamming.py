@@ -53,10 +53,15 @@ def test_knn_vote_equals_brute_force_with_fractional_ties(width, k):
     np.testing.assert_allclose(frac.sum(1), 1.0)
 
 
+SEARCHES = {  # (LOOP_COST_PAIRS, PATTERN_KEY_LIMIT) that force each of knn_indices' three searches
+    "walk": (-10**6, 2**16), "direct": (10**9, 0), "pattern": (10**9, 2**24)}
+
+
+@pytest.mark.parametrize("search", sorted(SEARCHES))
 @pytest.mark.parametrize("n_distinct", [5, 400, 3000])
-def test_both_neighbour_searches_equal_a_stable_argsort(n_distinct, monkeypatch):
-    """The direct search (few cells per code) and the distinct-code search give one answer: a stable
-    argsort of the full distance row, ties by reference index."""
+def test_every_neighbour_search_equals_a_stable_argsort(n_distinct, search, monkeypatch):
+    """The walk over distinct codes, the direct search and the search through code order give one
+    answer: a stable argsort of the full distance row, ties by reference index."""
     from schash import _hamming as h
 
     rng = np.random.default_rng(n_distinct)
@@ -65,20 +70,25 @@ def test_both_neighbour_searches_equal_a_stable_argsort(n_distinct, monkeypatch)
     q = base[rng.integers(0, n_distinct, 700)] ^ (rng.random((700, 8)) < 0.03).astype(np.uint8)
     d = h.distances(q, ref)
     order = np.argsort(d, axis=1, kind="stable")[:, :15]
-    expected = (order, np.take_along_axis(d, order, axis=1))
-    for cost in (0, 10**9):  # force the distinct-code search, then the direct one
-        monkeypatch.setattr(h, "LOOP_COST_PAIRS", cost - 10**6 if cost == 0 else cost)
-        idx, dist = h.knn_indices(q, ref, 15)
-        np.testing.assert_array_equal(idx, expected[0])
-        np.testing.assert_array_equal(dist, expected[1])
+    monkeypatch.setattr(h, "LOOP_COST_PAIRS", SEARCHES[search][0])
+    monkeypatch.setattr(h, "PATTERN_KEY_LIMIT", SEARCHES[search][1])
+    idx, dist = h.knn_indices(q, ref, 15)
+    np.testing.assert_array_equal(idx, order)
+    np.testing.assert_array_equal(dist, np.take_along_axis(d, order, axis=1))
 
 
+@pytest.mark.parametrize("search", ["direct", "pattern"])
 @pytest.mark.parametrize("k", [1, 7, 40])
-def test_direct_search_at_the_edges_of_k(k, monkeypatch):
-    """k of one, a k that falls inside a run of ties, and k equal to the whole reference."""
+def test_direct_searches_at_the_edges_of_k(k, search, monkeypatch):
+    """k of one, a k that falls inside a run of ties, and k equal to the whole reference; with many
+    codes tied at the k-th distance the search through code order hands those rows on."""
     from schash import _hamming as h
 
-    monkeypatch.setattr(h, "LOOP_COST_PAIRS", 10**9)  # the direct search
+    monkeypatch.setattr(h, "LOOP_COST_PAIRS", SEARCHES[search][0])
+    monkeypatch.setattr(h, "PATTERN_KEY_LIMIT", SEARCHES[search][1])
+    handed_on = []
+    direct = h._knn_direct
+    monkeypatch.setattr(h, "_knn_direct", lambda q, *a: handed_on.append(len(q)) or direct(q, *a))
     rng = np.random.default_rng(k)
     ref = rng.integers(0, 4, (40, 8), dtype=np.uint8)  # 2 varying bits per byte: many ties
     q = rng.integers(0, 4, (90, 8), dtype=np.uint8)
@@ -87,6 +97,8 @@ def test_direct_search_at_the_edges_of_k(k, monkeypatch):
     idx, dist = h.knn_indices(q, ref, k)
     np.testing.assert_array_equal(idx, order)
     np.testing.assert_array_equal(dist, np.take_along_axis(d, order, axis=1))
+    if search == "pattern" and k == 7:
+        assert 0 < handed_on[0] < 90  # some rows, not all, had more tied codes than fit
 
 
 @pytest.mark.parametrize("n_ref", [250_000, 270_000])
