@@ -53,8 +53,18 @@ def test_knn_vote_equals_brute_force_with_fractional_ties(width, k):
     np.testing.assert_allclose(frac.sum(1), 1.0)
 
 
-SEARCHES = {  # (LOOP_COST_PAIRS, PATTERN_KEY_LIMIT) that force each of knn_indices' three searches
-    "walk": (-10**6, 2**16), "direct": (10**9, 0), "pattern": (10**9, 2**24)}
+SEARCHES = {  # settings that force each of knn_indices' searches
+    "walk": {"LOOP_COST_PAIRS": -10**6},
+    "direct": {"LOOP_COST_PAIRS": 10**9, "PATTERN_KEY_LIMIT": 0},
+    "pattern": {"LOOP_COST_PAIRS": 10**9, "PATTERN_KEY_LIMIT": 2**24, "PATTERN_SHARE_MIN": 0},
+    "pattern, unshared": {"LOOP_COST_PAIRS": 10**9, "PATTERN_KEY_LIMIT": 2**24, "PATTERN_SHARE_MIN": 10**9}}
+
+
+def force(search, monkeypatch):
+    from schash import _hamming as h
+
+    for name, value in SEARCHES[search].items():
+        monkeypatch.setattr(h, name, value)
 
 
 @pytest.mark.parametrize("search", sorted(SEARCHES))
@@ -70,22 +80,20 @@ def test_every_neighbour_search_equals_a_stable_argsort(n_distinct, search, monk
     q = base[rng.integers(0, n_distinct, 700)] ^ (rng.random((700, 8)) < 0.03).astype(np.uint8)
     d = h.distances(q, ref)
     order = np.argsort(d, axis=1, kind="stable")[:, :15]
-    monkeypatch.setattr(h, "LOOP_COST_PAIRS", SEARCHES[search][0])
-    monkeypatch.setattr(h, "PATTERN_KEY_LIMIT", SEARCHES[search][1])
+    force(search, monkeypatch)
     idx, dist = h.knn_indices(q, ref, 15)
     np.testing.assert_array_equal(idx, order)
     np.testing.assert_array_equal(dist, np.take_along_axis(d, order, axis=1))
 
 
-@pytest.mark.parametrize("search", ["direct", "pattern"])
+@pytest.mark.parametrize("search", ["direct", "pattern", "pattern, unshared"])
 @pytest.mark.parametrize("k", [1, 7, 40])
 def test_direct_searches_at_the_edges_of_k(k, search, monkeypatch):
     """k of one, a k that falls inside a run of ties, and k equal to the whole reference; with many
     codes tied at the k-th distance the search through code order hands those rows on."""
     from schash import _hamming as h
 
-    monkeypatch.setattr(h, "LOOP_COST_PAIRS", SEARCHES[search][0])
-    monkeypatch.setattr(h, "PATTERN_KEY_LIMIT", SEARCHES[search][1])
+    force(search, monkeypatch)
     handed_on = []
     direct = h._knn_direct
     monkeypatch.setattr(h, "_knn_direct", lambda q, *a: handed_on.append(len(q)) or direct(q, *a))
@@ -97,7 +105,7 @@ def test_direct_searches_at_the_edges_of_k(k, search, monkeypatch):
     idx, dist = h.knn_indices(q, ref, k)
     np.testing.assert_array_equal(idx, order)
     np.testing.assert_array_equal(dist, np.take_along_axis(d, order, axis=1))
-    if search == "pattern" and k == 7:
+    if search.startswith("pattern") and k == 7:
         assert 0 < handed_on[0] < 90  # some rows, not all, had more tied codes than fit
 
 

@@ -185,6 +185,7 @@ LOOP_COST_PAIRS = 6000
 # (2 cores, 15 neighbours): 75 codes 0.07 s against 0.15 s, 1,000 codes 0.22 s against 0.34 s;
 # level at 3,000 codes (32-bit keys), three times slower at 9,000
 PATTERN_KEY_LIMIT = 2**16
+PATTERN_SHARE_MIN = 1024  # distinct query codes from which their patterns are hashed and shared
 
 
 def _knn_by_pattern(q: np.ndarray, r_uniq: np.ndarray, cand_code: np.ndarray, k: int,
@@ -228,8 +229,11 @@ def _knn_by_pattern(q: np.ndarray, r_uniq: np.ndarray, cand_code: np.ndarray, k:
         level = np.zeros_like(d)
         np.cumsum(d[:, 1:] != d[:, :-1], axis=1, out=level[:, 1:])
         pattern = np.where(d <= kth[:, None], code * w + level, -1)
-        p_uniq, p_inv, _ = distinct(pattern.view(np.uint8))
-        p_uniq = p_uniq.view(pattern.dtype).astype(np.int64)
+        if len(pattern) >= PATTERN_SHARE_MIN:
+            p_uniq, p_inv, _ = distinct(pattern.view(np.uint8))
+            p_uniq = p_uniq.view(pattern.dtype).astype(np.int64)
+        else:  # too few to gain from sharing (hashing them costs ~0.2 ms)
+            p_uniq, p_inv = pattern.astype(np.int64), np.arange(len(pattern))
         cells = slots[np.where(p_uniq >= 0, p_uniq // w, R)]  # (patterns, w, k)
         # (level, index, column) in one integer; padding sorts last
         order = np.where(cells < m, ((p_uniq % w)[:, :, None] * m + cells) * w + column, w * w * m)
