@@ -109,6 +109,29 @@ def test_direct_searches_at_the_edges_of_k(k, search, monkeypatch):
         assert 0 < handed_on[0] < 90  # some rows, not all, had more tied codes than fit
 
 
+@pytest.mark.parametrize("block_entries", [50, 8_000_000])
+def test_pattern_search_with_a_large_k_and_in_small_blocks(block_entries):
+    """k of 120 over 30 codes (w × k cells per pattern), and blocks small enough that queries and
+    patterns are both taken a few at a time: the same answer as the stable argsort."""
+    from schash import _hamming as h
+
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 256, (30, 8), dtype=np.uint8)
+    ref = base[rng.integers(0, 30, 3000)]
+    q = base[rng.integers(0, 30, 2000)] ^ (rng.random((2000, 8)) < 0.05).astype(np.uint8)
+    k = 120
+    q_uniq, q_inv, _ = h.distinct(q)
+    r_uniq, r_inv, r_counts = h.distinct(ref)
+    by_code = np.argsort(r_inv, kind="stable")
+    rank = np.arange(len(ref)) - np.concatenate([[0], np.cumsum(r_counts)])[r_inv[by_code]]
+    cand = np.sort(by_code[rank < k])
+    pos, dist = h._knn_by_pattern(q_uniq, r_uniq, r_inv[cand], k, block_entries=block_entries)
+    d = h.distances(q, ref)
+    order = np.argsort(d, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(cand[pos][q_inv], order)
+    np.testing.assert_array_equal(dist[q_inv], np.take_along_axis(d, order, axis=1))
+
+
 @pytest.mark.parametrize("n_ref", [250_000, 270_000])
 def test_direct_search_keys_stay_exact_past_float32(n_ref, monkeypatch):
     """Sort keys of distance × candidates + position: float32 up to 2**24, float64 beyond (64 bits:

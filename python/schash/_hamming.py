@@ -234,10 +234,14 @@ def _knn_by_pattern(q: np.ndarray, r_uniq: np.ndarray, cand_code: np.ndarray, k:
             p_uniq = p_uniq.view(pattern.dtype).astype(np.int64)
         else:  # too few to gain from sharing (hashing them costs ~0.2 ms)
             p_uniq, p_inv = pattern.astype(np.int64), np.arange(len(pattern))
-        cells = slots[np.where(p_uniq >= 0, p_uniq // w, R)]  # (patterns, w, k)
-        # (level, index, column) in one integer; padding sorts last
-        order = np.where(cells < m, ((p_uniq % w)[:, :, None] * m + cells) * w + column, w * w * m)
-        order = np.sort(order.reshape(len(p_uniq), -1), axis=1)[:, :k]
+        order = np.empty((len(p_uniq), k), dtype=np.int64)
+        step = max(1, block_entries // (w * k))  # patterns expanded at a time (w × k cells each)
+        for t in range(0, len(p_uniq), step):
+            part = p_uniq[t : t + step]
+            cells = slots[np.where(part >= 0, part // w, R)]  # (patterns, w, k)
+            # (level, index, column) in one integer; padding sorts last
+            rank = np.where(cells < m, ((part % w)[:, :, None] * m + cells) * w + column, w * w * m)
+            order[t : t + step] = np.sort(rank.reshape(len(part), -1), axis=1)[:, :k]
         pos[s : s + block] = ((order // w) % m)[p_inv]
         dist[s : s + block] = np.take_along_axis(d, (order % w)[p_inv].astype(np.intp), axis=1)
     spill = np.concatenate(spill) if spill else np.zeros(0, dtype=np.int64)
