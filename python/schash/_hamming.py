@@ -183,7 +183,7 @@ LOOP_COST_PAIRS = 6000
 # and among the direct searches, the one through the order of the distinct reference codes while
 # their sort keys (distance × codes + code) fit 16 bits: up to 1,007 codes at 64 bits.  Measured
 # (2 cores, 15 neighbours): 75 codes 0.07 s against 0.15 s, 1,000 codes 0.22 s against 0.34 s;
-# level at 3,000 codes (32-bit keys), three times slower at 9,000
+# level at 3,000 codes (32-bit keys), 2.6 times slower at 8,700
 PATTERN_KEY_LIMIT = 2**16
 PATTERN_SHARE_MIN = 1024  # distinct query codes from which their patterns are hashed and shared
 
