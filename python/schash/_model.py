@@ -22,12 +22,11 @@ from ._data import UNASSIGNED, Source
 from ._encode import Encoded, Encoder
 from ._errors import InputError, LabelKeyError, ModelFileError
 from ._levels import Hierarchy, read_labels
+from ._model_file import NOVELTY_ALPHA, from_state, state
 from ._module import HashMLP
 from ._novelty import NoveltyScorer
 from ._preprocess import Preprocessor
 from ._refmap import ReferenceMap
-
-NOVELTY_ALPHA = 0.02  # the default of train(novelty_alpha=); also for model files that lack it
 
 __all__ = ["SchashModel", "UNASSIGNED", "NOVELTY_ALPHA"]
 
@@ -50,6 +49,7 @@ class SchashModel:
     ref_meta: dict = field(default_factory=dict)  # more obs columns of the reference: name -> Categorical
     ref_map: ReferenceMap | None = None  # the reference's 2-D embedding, see set_reference_map()
     levels: Hierarchy | None = None  # label levels, coarsest first (schash._levels); None: one level
+    prototypes: np.ndarray | None = None  # types × last hidden layer: each type's unit mean (method="prototype")
 
     # -- properties -----------------------------------------------------------------------
     @property
@@ -347,63 +347,9 @@ class SchashModel:
             raise ModelFileError(f"{path} could not be loaded ({type(err).__name__}: {err})") from None
 
     def _state(self) -> tuple[dict, dict]:
-        """The model as the file holds it: tensors (name -> array) and JSON metadata."""
-        tensors = {f"net.{k}": v.detach().cpu().numpy() for k, v in self.module.state_dict().items()}
-        tensors.update(
-            anchors=self.anchors.astype(np.float32),
-            ref_mean=self.pre.ref_mean.astype(np.float32),
-            ref_std=self.pre.ref_std.astype(np.float32),
-            ref_codes=np.ascontiguousarray(self.ref_codes, dtype=np.uint8),
-            ref_labels=self.ref_labels.astype(np.int32),
-            **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self.novelty.to_tensors().items()},
-        )
-        if self.ref_batches is not None:
-            tensors["ref_batches"] = self.ref_batches.astype(np.int32)
-        for key, values in self.ref_meta.items():
-            tensors[f"ref_meta.{key}"] = np.asarray(values.codes, dtype=np.int32)
-        if self.ref_map is not None:
-            tensors.update(self.ref_map.to_tensors())
-        meta = {
-            "cell_types": list(self.cell_types),
-            "batch_categories": self.batch_categories,
-            "ref_meta_categories": {k: [str(c) for c in v.categories] for k, v in self.ref_meta.items()},
-            "threshold": int(self.threshold),
-            "module": self.module.config,
-            "preprocessing": self.pre.to_meta(),
-            "novelty_k": self.novelty.k,
-            "novelty_metric": self.novelty.metric,
-            "params": {**self.params, "novelty_alpha": float(self.novelty_alpha)},
-            "history": self.history,
-            "ref_map": self.ref_map.meta() if self.ref_map is not None else None,
-            "levels": self.levels.to_meta() if self.levels is not None else None,
-        }
-        return tensors, meta
+        """The model as the file holds it: tensors (name -> array) and JSON metadata (:mod:`schash._model_file`)."""
+        return state(self)
 
     @classmethod
     def _from_state(cls, t: dict, meta: dict) -> SchashModel:
-        import torch
-
-        cfg = meta["module"]
-        module = HashMLP(cfg["n_genes"], cfg["n_bits"], tuple(cfg["hidden"]), cfg["dropout"])
-        module.load_state_dict({k[4:]: torch.from_numpy(v) for k, v in t.items() if k.startswith("net.")})
-        module.eval()
-        return cls(
-            module=module,
-            pre=Preprocessor.from_meta(meta["preprocessing"], t["ref_mean"], t["ref_std"]),
-            cell_types=list(meta["cell_types"]),
-            anchors=t["anchors"],
-            threshold=int(meta["threshold"]),
-            novelty=NoveltyScorer.from_tensors(t, k=int(meta["novelty_k"]),
-                                               metric=meta.get("novelty_metric", "euclidean")),
-            novelty_alpha=float(meta["params"].get("novelty_alpha", NOVELTY_ALPHA)),
-            ref_codes=t["ref_codes"],
-            ref_labels=t["ref_labels"].astype(np.int64),
-            params=meta["params"],
-            history=meta.get("history", {}),
-            ref_batches=t["ref_batches"].astype(np.int64) if "ref_batches" in t else None,
-            batch_categories=meta.get("batch_categories"),
-            ref_meta={k: pd.Categorical.from_codes(t[f"ref_meta.{k}"].astype(np.int64), cats)
-                      for k, cats in meta.get("ref_meta_categories", {}).items()},
-            ref_map=ReferenceMap.from_tensors(t, meta["ref_map"]) if meta.get("ref_map") else None,
-            levels=Hierarchy.from_meta(meta["levels"]) if meta.get("levels") else None,
-        )
+        return from_state(cls, t, meta)
