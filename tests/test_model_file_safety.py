@@ -97,6 +97,15 @@ def _fewer_codes(m, t):
     t["ref_codes"] = t["ref_codes"][:-3].copy()
 
 
+def _prototype_rows(m, t):
+    t["prototypes"] = t["prototypes"][:-1].copy()
+
+
+def _nan_prototype(m, t):
+    t["prototypes"] = t["prototypes"].copy()
+    t["prototypes"][0, 0] = np.nan
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
@@ -111,6 +120,8 @@ def _fewer_codes(m, t):
         (_bank_width, "novelty.bank.*shape"),
         (_fewer_codes, "ref_labels.*shape"),
         (_unassigned_type, "reserved"),
+        (_prototype_rows, "prototypes.*shape"),
+        (_nan_prototype, "prototypes.*NaN"),
     ],
 )
 def test_inconsistent_model_file_is_refused(model_bytes, tmp_path, edit, message):

@@ -46,6 +46,7 @@ class Encoded:
     kind: str = "counts"  # what the input was detected as (see schash._values.detect_kind)
     projected: np.ndarray | None = None  # cells × (PCA + residual) in the novelty scorer's space
     gene_mapping: dict | None = None  # how the input's genes were matched to the model's (schash._genes)
+    prototype: np.ndarray | None = None  # each cell's nearest type prototype (index); None without prototypes
 
 
 @dataclass
@@ -167,12 +168,14 @@ def canonical(F) -> sparse.csr_matrix:
 
 @dataclass(frozen=True)
 class Encoder:
-    """A model's preprocessing, network, anchors and (once fitted) novelty scorer, as one encoder."""
+    """A model's preprocessing, network, anchors and (once fitted) novelty scorer and type
+    prototypes, as one encoder."""
 
     pre: Preprocessor
     module: object  # schash._module.HashMLP
     anchors: np.ndarray
     novelty: NoveltyScorer | None = None
+    prototypes: np.ndarray | None = None  # types × last hidden layer, unit rows
 
     def scaled(self, src: Source, **kwargs) -> ScaledPass:
         """The first pass over ``src`` (arguments of :class:`ScaledPass`)."""
@@ -183,33 +186,45 @@ class Encoder:
         out = [_hamming.pack(self.module.logits_sparse(X.slice(s, s + chunk))) for s in range(0, X.shape[0], chunk)]
         return np.concatenate(out) if out else np.zeros((0, self.anchors.shape[1] // 8), np.uint8)
 
-    def block(self, block: Scaled) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """Packed codes, projected coordinates and typicality of one chunk of scaled rows.
+    def block(self, block: Scaled) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """Packed codes, projected coordinates, typicality and nearest type prototype of one chunk of
+        scaled rows (the last three None where the encoder has no novelty scorer or prototypes).
 
         Every value is per cell, computed from the chunk alone: chunks can be encoded anywhere
         (a Dask worker) and give what they give here.
         """
+        first = self.module.net[0]
         if self.novelty is None:
-            return _hamming.pack(self.module.logits_sparse(block)), None, None  # sign(tanh(x)) == sign(x)
+            logits, proto = self._outputs(block.linear(first.weight.detach().numpy(), first.bias.detach().numpy()))
+            return _hamming.pack(logits), None, None, proto  # sign(tanh(x)) == sign(x)
         # typicality is judged against the reference's own scale, whatever `scale` the network uses
         pre = self.pre
         ref = block if pre.scale == "reference" else block.restat(
             np.zeros(block.shape[0], dtype=np.int64), pre.ref_mean[None], pre.ref_std[None])
-        logits, coords = self._logits_and_projection(block, ref)
-        return _hamming.pack(logits), coords, self.novelty.typicality(coords, margins(logits, self.anchors))
+        h, coords = self._first_and_projection(block, ref)
+        logits, proto = self._outputs(h)
+        return _hamming.pack(logits), coords, self.novelty.typicality(coords, margins(logits, self.anchors)), proto
 
-    def _logits_and_projection(self, block: Scaled, ref_block: Scaled) -> tuple[np.ndarray, np.ndarray]:
-        """The network's pre-tanh outputs and the novelty scorer's projection of a block; one sparse
+    def _first_and_projection(self, block: Scaled, ref_block: Scaled) -> tuple[np.ndarray, np.ndarray]:
+        """The network's first-layer outputs and the novelty scorer's projection of a block; one sparse
         product serves both when they scale the block alike (``scale="reference"``)."""
-        if ref_block is not block:
-            return self.module.logits_sparse(block), self.novelty.project(ref_block)
         first, nov = self.module.net[0], self.novelty
-        w1 = first.weight.detach().numpy()
+        w1, b1 = first.weight.detach().numpy(), first.bias.detach().numpy()
+        if ref_block is not block:
+            return block.linear(w1, b1), nov.project(ref_block)
         weight = np.vstack([w1, nov.components])
-        bias = np.concatenate([first.bias.detach().numpy(), -dot_rows(nov.components, nov.center)])
+        bias = np.concatenate([b1, -dot_rows(nov.components, nov.center)])
         h = block.linear(weight, bias)
         n = w1.shape[0]
-        return self.module.logits_from_first(h[:, :n]), nov.project_from(h[:, n:], block.sq_dist(nov.center))
+        return h[:, :n], nov.project_from(h[:, n:], block.sq_dist(nov.center))
+
+    def _outputs(self, first: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Pre-tanh outputs from the first layer's, and with prototypes each cell's nearest one
+        (largest cosine with the last hidden layer: the prototypes are unit rows)."""
+        if self.prototypes is None:
+            return self.module.logits_from_first(first), None
+        hidden, logits = self.module.hidden_and_logits_from_first(first)
+        return logits, (hidden @ self.prototypes.T).argmax(1)
 
     def run(self, src: Source, *, keep_projected: bool = False, progress: bool = False, **kwargs) -> Encoded:
         """Encode every cell of ``src``: codes and, with a novelty scorer, typicality (and with
@@ -230,4 +245,5 @@ def assemble(cells, parts, empty, n_genes_matched, kind, keep_projected, gene_ma
     codes = np.concatenate([p[0] for p in parts])
     typ = np.concatenate([p[2] for p in parts]) if parts[0][2] is not None else None
     projected = np.concatenate([p[1] for p in parts]) if keep_projected and parts[0][1] is not None else None
-    return Encoded(cells, codes, typ, empty, n_genes_matched, kind, projected, gene_mapping)
+    proto = np.concatenate([p[3] for p in parts]) if parts[0][3] is not None else None
+    return Encoded(cells, codes, typ, empty, n_genes_matched, kind, projected, gene_mapping, proto)

@@ -84,6 +84,20 @@ def nearest_anchor(codes: np.ndarray, anchors: np.ndarray) -> tuple[np.ndarray, 
     return best[inverse], dist[inverse], gap[inverse]
 
 
+def to_anchor(codes: np.ndarray, anchors: np.ndarray, calls: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For cells already called (``calls``: an anchor index per cell): the call, its anchor distance and the
+    distance to the nearest other anchor minus it (negative where another anchor is nearer)."""
+    uniq, inverse, _ = distinct(codes)
+    d = distances(uniq, anchors).astype(np.int32)[inverse]
+    rows = np.arange(len(d))
+    calls = np.asarray(calls, dtype=np.int64)
+    dist = d[rows, calls]
+    if d.shape[1] < 2:
+        return calls, dist, np.zeros_like(dist)
+    d[rows, calls] = np.iinfo(np.int32).max
+    return calls, dist, d.min(1) - dist
+
+
 def knn_vote(
     codes: np.ndarray, ref_codes: np.ndarray, ref_labels: np.ndarray, n_labels: int, k: int, n_bits: int
 ) -> tuple[np.ndarray, np.ndarray]:

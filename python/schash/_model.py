@@ -67,7 +67,7 @@ class SchashModel:
     @property
     def encoder(self) -> Encoder:
         """The model's one encoder (:mod:`schash._encode`)."""
-        return Encoder(self.pre, self.module, self.anchors, self.novelty)
+        return Encoder(self.pre, self.module, self.anchors, self.novelty, self.prototypes)
 
     def __repr__(self) -> str:
         return (
@@ -109,7 +109,8 @@ class SchashModel:
 
     # -- annotation --------------------------------------------------------------------------
     @_docs.inputs
-    def predict(self, data, *, genes=None, layer=None, method: Literal["anchor", "knn"] = "anchor", k: int = 15,
+    def predict(self, data, *, genes=None, layer=None, method: Literal["anchor", "knn", "prototype"] = "anchor",
+                k: int = 15,
                 batch_key: str | None = None, species: Literal["human", "mouse"] | None = None,
                 chunk_size: int = 8192, progress: bool | None = None) -> pd.DataFrame:
         """Annotate the cells of ``data``; returns a DataFrame indexed by cell.
@@ -128,17 +129,30 @@ class SchashModel:
         ----------
         {inputs}
         method, k
-            Nearest anchor, or a vote among the ``k`` nearest reference cells (``"knn"``).
+            Nearest anchor, a vote among the ``k`` nearest reference cells (``"knn"``), or the
+            type whose *prototype* — the mean of the network's last hidden layer over its
+            reference cells — is nearest (cosine) to the cell's own (``"prototype"``; then
+            ``distance`` is to the called type's anchor and ``delta_next`` the nearest other
+            anchor's distance minus it, negative where that one is nearer).  Measured in
+            ``bench/accuracy.py`` (``schash-proto``): types with a handful of reference cells are
+            found more often.
         """
         _args.call(len(self.ref_labels), method=method, k=k, chunk_size=chunk_size)  # before the work
         enc = self.encoded(data, genes=genes, layer=layer, batch_key=batch_key, species=species,
                            chunk_size=chunk_size, progress=progress)
         return self.call(enc, method=method, k=k)
 
-    def call(self, enc: Encoded, *, method: Literal["anchor", "knn"] = "anchor", k: int = 15) -> pd.DataFrame:
+    def call(self, enc: Encoded, *, method: Literal["anchor", "knn", "prototype"] = "anchor",
+             k: int = 15) -> pd.DataFrame:
         """Turn an :class:`~schash._encode.Encoded` pass into labels (see :meth:`predict`)."""
         _args.call(len(self.ref_labels), method=method, k=k)
+        if method == "prototype" and enc.prototype is None:
+            raise InputError("method='prototype' needs each type's prototype, which this model lacks (saved before "
+                             "prototypes were kept, or trained without hidden layers): retrain it, or use "
+                             "method='anchor'")
         best, dist, gap = _hamming.nearest_anchor(enc.codes, self.packed_anchors)
+        if method == "prototype":  # the call's anchor distance, and how much nearer the nearest other is
+            best, dist, gap = _hamming.to_anchor(enc.codes, self.packed_anchors, enc.prototype)
         half = max(min_pairwise_distance(self.anchors) / 2.0, 1.0)
         code_score = np.clip(1.0 - dist / half, 0.0, 1.0)
         frac = None

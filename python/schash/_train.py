@@ -194,6 +194,7 @@ def train(
             log_scale=log_scale, scale=scale)
         threshold = _prune_threshold(module, calibration_rows(X, cfg, log_scale, seed + PRUNE_STREAM), val_idx,
                                      anchors, prune_quantile)
+        prototypes = type_prototypes(module, X, y, len(types))
         del X, X_ref
         # the reference database: every reference cell of a known type with expression, encoded
         # as queries are (reference batches scaled on their own under scale="batch")
@@ -224,7 +225,24 @@ def train(
         ref_map=_refmap.build(enc, coords, basis=basis, seed=seed) if coords is not None else None,
         params=params, history=history,
         levels=_levels.Hierarchy.from_labels(level_table, types) if level_table is not None else None,
+        prototypes=prototypes,
     )
+
+
+def type_prototypes(module, X, y: np.ndarray, n_types: int, chunk: int = 8192) -> np.ndarray | None:
+    """Each type's mean of the network's last hidden layer over its training cells (as the network
+    sees them, without augmentation), scaled to unit length: what ``method="prototype"`` compares
+    a query cell's own hidden layer with (by cosine).  None for a network without hidden layers."""
+    if not module.config["hidden"]:
+        return None
+    first = module.net[0]
+    w1, b1 = first.weight.detach().numpy(), first.bias.detach().numpy()
+    sums = np.zeros((n_types, module.config["hidden"][-1]))
+    for s in range(0, len(y), chunk):
+        hidden, _ = module.hidden_and_logits_from_first(X.slice(s, s + chunk).linear(w1, b1))
+        np.add.at(sums, y[s : s + chunk], hidden.astype(np.float64))
+    means = sums / np.maximum(np.bincount(y, minlength=n_types), 1)[:, None]
+    return (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 PRUNE_STREAM = 7  # the prune threshold's augmentation draws: a random stream of their own

@@ -221,6 +221,9 @@ def check_tensors(meta, t: dict, path) -> None:
             c.fail("tensor 'ref_map.bank' must hold the PCA coordinates of at least one reference cell")
         c.tensor(t, "ref_map.coords", (map_bank.shape[0], 2), np.float32)
         known |= {"ref_map.bank", "ref_map.coords"}
+    if "prototypes" in t:  # each type's unit mean hidden layer (method="prototype"); older files lack it
+        c.tensor(t, "prototypes", (n_types, mod["hidden"][-1] if mod["hidden"] else None), np.float32)
+        known.add("prototypes")
     unknown = sorted(k for k in set(t) - known if not k.startswith("novelty."))  # the scorer picks its own
     for name in sorted(k for k in set(t) - known if k.startswith("novelty.")):
         if t[name].dtype.kind == "f" and not np.isfinite(t[name]).all():

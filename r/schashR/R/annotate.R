@@ -1,7 +1,8 @@
 #' Annotate cells with a schash model
 #'
 #' Each cell is hashed and given the cell type of the nearest anchor (or the
-#' majority of its nearest reference cells with `method = "knn"`).
+#' majority of its nearest reference cells with `method = "knn"`, or the type whose
+#' prototype in the network's last hidden layer is nearest with `method = "prototype"`).
 #'
 #' Added per cell: `schash_label`, `schash_pruned_label` (factor; `"Unassigned"`
 #' where the call is not trusted), `schash_distance` (Hamming distance to the
@@ -68,7 +69,7 @@
 #'   mapped by one-to-one orthologues).  Genes named otherwise than the model's (Ensembl IDs
 #'   vs symbols, version suffixes, case) are mapped automatically; how they matched is in
 #'   `Misc(object, "schash")$gene_mapping` (Seurat) / `metadata(object)$schash$gene_mapping`.
-#' @param method `"anchor"` or `"knn"`.
+#' @param method `"anchor"`, `"knn"` or `"prototype"`.
 #' @param saliency Compute per-type and per-cell gene saliency.
 #' @param neighbors `NULL`, or the number of nearest reference cells whose
 #'   composition is stored for each cell.
@@ -173,7 +174,7 @@ annotate_matrix <- function(m, model, batch = NULL, method = "anchor", saliency 
   if (length(extra)) {
     stop("unused argument(s): ", paste(names(extra), collapse = ", "), call. = FALSE)
   }
-  method <- match.arg(method, c("anchor", "knn"))
+  method <- match.arg(method, c("anchor", "knn", "prototype"))
   neighbors <- check_neighbors(neighbors)
   batch <- label_list(batch, ncol(m), "batch")
   if (isTRUE(clusters)) {
