@@ -33,7 +33,8 @@ Methods
 schash configurations (``SCHASH_CONFIGS``; one model per distinct set of training
 arguments, shared by the anchor and k-NN calls): ``schash`` (defaults: transform="log",
 scale="reference", augment=0.8, min_cells_per_type=1; nearest anchor), ``schash-knn`` (the
-same model, k-NN vote among reference codes, k=15), ``schash-noaug`` (augment=0),
+same model, k-NN vote among reference codes, k=15), ``schash-proto`` (the same model, nearest
+type prototype in the last hidden layer), ``schash-noaug`` (augment=0),
 ``schash-batchscale`` (scale="batch": each reference batch and the query standardised on
 themselves), ``schash-min10`` (min_cells_per_type=10), ``schash-rank`` (transform="rank").
 Every schash call gets ``batch_key="batch"`` where the reference has >= 2 batches, seed 0
@@ -84,6 +85,7 @@ QUICK_DATASETS = ("pancreas_xin_scClassify", "cellbench_3cl_celseq2_dropseq")
 SCHASH_CONFIGS = {
     "schash": ({}, {"method": "anchor"}),
     "schash-knn": ({}, {"method": "knn", "k": 15}),
+    "schash-proto": ({}, {"method": "prototype"}),
     "schash-noaug": ({"augment": 0}, {"method": "anchor"}),
     "schash-batchscale": ({"scale": "batch"}, {"method": "anchor"}),
     "schash-min10": ({"min_cells_per_type": 10}, {"method": "anchor"}),
@@ -94,16 +96,18 @@ SCHASH_TEXT = {
               "statistics, augment=0.8: 80 % of training cells get a technology-like perturbation each epoch, "
               "min_cells_per_type=1), nearest anchor",
     "schash-knn": "the same model as `schash`, k-NN vote among the reference cells' codes (k=15)",
+    "schash-proto": "the same model as `schash`, nearest type prototype in the network's last hidden layer "
+                    '(method="prototype")',
     "schash-noaug": "defaults with augment=0 (no augmentation)",
     "schash-batchscale": 'defaults with scale="batch" (the old default: each reference batch and the query '
                          "standardised on their own statistics)",
     "schash-min10": "defaults with min_cells_per_type=10 (the old default: types with < 10 reference cells dropped)",
     "schash-rank": 'defaults with transform="rank" (per-cell ranks of expressed genes)',
 }
-VARIANTS = [m for m in SCHASH_CONFIGS if m not in ("schash", "schash-knn")]
+VARIANTS = [m for m in SCHASH_CONFIGS if m not in ("schash", "schash-knn", "schash-proto")]
 SINGLE_TYPE_VARIANTS = ("schash", "schash-batchscale")
 PEERS = ["celltypist", "knn-pca", "singler", "seurat"]
-ALL_METHODS = ["schash", "schash-knn", "schash-variants", *PEERS]
+ALL_METHODS = ["schash", "schash-knn", "schash-proto", "schash-variants", *PEERS]
 SEED = 0
 MIN_SINGLE_TYPE = 5  # query types with at least this many scored cells are annotated alone
 MIN_LEFT_OUT = 10  # a type is left out when it has at least this many cells in reference and query
@@ -392,8 +396,11 @@ def classification_task(ds, fold, adata, peer, ref_idx, q_idx, methods, r_status
             "n_scored": int(scored.sum()), "n_dropped": int((~scored).sum()), "dropped_types": ";".join(dropped)}
     rows, st_rows, seed_rows = [], [], []
 
-    def add_seed(seed, pred):
-        seed_rows.append(dict(base, seed=seed, **scores(y_q[scored], pred["label"].astype(str).to_numpy()[scored])))
+    def add_seed(seed, model, pred):
+        row = dict(base, seed=seed, **scores(y_q[scored], pred["label"].astype(str).to_numpy()[scored]))
+        proto = predict_schash(model, qry, {"method": "prototype"}, warn_log)[0]["label"].astype(str).to_numpy()
+        row["macro_f1_prototype"] = scores(y_q[scored], proto[scored])["macro_f1"]  # the same model's other call
+        seed_rows.append(row)
 
     def add(method, labels=None, fit=np.nan, pred_s=np.nan, unassigned=np.nan, error=""):
         row = dict(base, method=method, fit_s=fit, predict_s=pred_s, unassigned_frac=unassigned, error=error)
@@ -423,7 +430,7 @@ def classification_task(ds, fold, adata, peer, ref_idx, q_idx, methods, r_status
             unas = float((pred["pruned_label"].astype(str).to_numpy()[scored] == "Unassigned").mean())
             add(name, pred["label"].astype(str).to_numpy(), fit, pred_s, unas)
             if name == "schash" and seeds:
-                add_seed(SEED, pred)
+                add_seed(SEED, model, pred)
             if single_type and kind == "cross-batch" and name in SINGLE_TYPE_VARIANTS:
                 try:
                     st_rows += single_type_rows(base, name, model, qry, pred, scored, warn_log)
@@ -432,7 +439,7 @@ def classification_task(ds, fold, adata, peer, ref_idx, q_idx, methods, r_status
     for seed in seeds if "schash" in methods else ():
         try:
             model, _ = train_schash(ref, {}, warn_log, seed=seed)
-            add_seed(seed, predict_schash(model, qry, {}, warn_log)[0])
+            add_seed(seed, model, predict_schash(model, qry, {}, warn_log)[0])
         except Exception as e:  # noqa: BLE001
             seed_rows.append(dict(base, seed=seed, error=err_text(e)))
     f1s = [r["macro_f1"] for r in seed_rows if "macro_f1" in r]
@@ -639,21 +646,26 @@ def seed_section(seeds: pd.DataFrame, gp: pd.DataFrame) -> list[str]:
     """The defaults' macro F1 over several training seeds, per task, against the task's best peer."""
     sd = seeds[seeds["error"].fillna("") == ""] if "error" in seeds else seeds
     peer = gp[gp["method"] == "schash"].set_index(["dataset", "fold"])
-    tab, gaps_mean, within = [], [], {}
+    tab, gaps_mean, within, proto_gaps = [], [], {}, []
     for (ds, fold), g in sd.groupby(["dataset", "fold"], sort=False):
         if (ds, fold) not in peer.index:
             continue
         p = peer.loc[(ds, fold)]
         f1 = g["macro_f1"].astype(float)
         gap = f1.mean() - p["best_peer_f1"]
+        proto = g["macro_f1_prototype"].astype(float) if "macro_f1_prototype" in g else None
         if p["kind"] == "cross-batch":
             gaps_mean.append(gap)
+            if proto is not None:
+                proto_gaps.append(proto.mean() - p["best_peer_f1"])
             for seed, v in zip(g["seed"], f1, strict=True):
                 within.setdefault(seed, []).append(v - p["best_peer_f1"] >= -0.02 - 1e-9)
         tab.append({"dataset": ds, "fold": fold, "kind": p["kind"], "best peer": p["best_peer"],
                     "peer F1": fmt(p["best_peer_f1"]), "schash F1, seeds": " / ".join(fmt(v) for v in f1),
                     "mean": fmt(f1.mean()), "min–max": f"{fmt(f1.min())}–{fmt(f1.max())}",
-                    "gap of the mean": fmt(gap, sign=True)})
+                    "gap of the mean": fmt(gap, sign=True),
+                    **({"prototype call: mean": fmt(proto.mean()), "its gap": fmt(proto.mean() - p["best_peer_f1"], sign=True)}
+                       if proto is not None else {})})
     if not tab:
         return []
     g = np.array(gaps_mean)
@@ -664,6 +676,11 @@ def seed_section(seeds: pd.DataFrame, gp: pd.DataFrame) -> list[str]:
                f"{int((g >= -0.02 - 1e-9).sum())} of {len(g)} and at or above it on {int((g >= -1e-9).sum())}; "
                f"mean gap {fmt(g.mean(), sign=True)}. Single seeds: within 0.02 on {min(per_seed)}–{max(per_seed)} "
                f"of {len(g)}.")
+    if len(proto_gaps) == len(g) and len(g):
+        pg = np.array(proto_gaps)
+        summary += (f" The same models' prototype call (`method=\"prototype\"`): within 0.02 on "
+                    f"{int((pg >= -0.02 - 1e-9).sum())} of {len(pg)}, at or above on {int((pg >= -1e-9).sum())}; "
+                    f"mean gap {fmt(pg.mean(), sign=True)}.")
     return ["### The defaults over training seeds\n",
             (f"The defaults (`schash`) trained with seeds {', '.join(str(s) for s in seeds_used)} on every task; the "
              "peers are deterministic. Small folds move with the seed, so the mean is the fairer comparison.\n"),
