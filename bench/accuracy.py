@@ -32,9 +32,9 @@ Methods
 -------
 schash configurations (``SCHASH_CONFIGS``; one model per distinct set of training
 arguments, shared by the anchor and k-NN calls): ``schash`` (defaults: transform="log",
-scale="reference", augment=0.8, min_cells_per_type=1; nearest anchor), ``schash-knn`` (the
-same model, k-NN vote among reference codes, k=15), ``schash-proto`` (the same model, nearest
-type prototype in the last hidden layer), ``schash-noaug`` (augment=0),
+scale="reference", augment=0.8, min_cells_per_type=1; nearest type prototype),
+``schash-anchor`` (the same model, nearest anchor), ``schash-knn`` (the same model, k-NN vote
+among reference codes, k=15), ``schash-noaug`` (augment=0),
 ``schash-batchscale`` (scale="batch": each reference batch and the query standardised on
 themselves), ``schash-min10`` (min_cells_per_type=10), ``schash-rank`` (transform="rank").
 Every schash call gets ``batch_key="batch"`` where the reference has >= 2 batches, seed 0
@@ -83,9 +83,9 @@ R_SCRIPT = HERE / "r_methods.R"
 QUICK_DATASETS = ("pancreas_xin_scClassify", "cellbench_3cl_celseq2_dropseq")
 # name -> (schash.train keyword arguments, model.predict keyword arguments)
 SCHASH_CONFIGS = {
-    "schash": ({}, {"method": "anchor"}),
+    "schash": ({}, {}),
+    "schash-anchor": ({}, {"method": "anchor"}),
     "schash-knn": ({}, {"method": "knn", "k": 15}),
-    "schash-proto": ({}, {"method": "prototype"}),
     "schash-noaug": ({"augment": 0}, {"method": "anchor"}),
     "schash-batchscale": ({"scale": "batch"}, {"method": "anchor"}),
     "schash-min10": ({"min_cells_per_type": 10}, {"method": "anchor"}),
@@ -94,20 +94,21 @@ SCHASH_CONFIGS = {
 SCHASH_TEXT = {
     "schash": 'defaults (transform="log", scale="reference": the query standardised with the reference\'s '
               "statistics, augment=0.8: 80 % of training cells get a technology-like perturbation each epoch, "
-              "min_cells_per_type=1), nearest anchor",
+              "min_cells_per_type=1), the nearest type prototype in the network's last hidden layer "
+              '(method="auto": "prototype")',
+    "schash-anchor": "the same model as `schash`, nearest anchor by Hamming distance (the default before "
+                     "prototypes)",
     "schash-knn": "the same model as `schash`, k-NN vote among the reference cells' codes (k=15)",
-    "schash-proto": "the same model as `schash`, nearest type prototype in the network's last hidden layer "
-                    '(method="prototype")',
     "schash-noaug": "defaults with augment=0 (no augmentation)",
     "schash-batchscale": 'defaults with scale="batch" (the old default: each reference batch and the query '
                          "standardised on their own statistics)",
     "schash-min10": "defaults with min_cells_per_type=10 (the old default: types with < 10 reference cells dropped)",
     "schash-rank": 'defaults with transform="rank" (per-cell ranks of expressed genes)',
 }
-VARIANTS = [m for m in SCHASH_CONFIGS if m not in ("schash", "schash-knn", "schash-proto")]
+VARIANTS = [m for m in SCHASH_CONFIGS if m not in ("schash", "schash-anchor", "schash-knn")]
 SINGLE_TYPE_VARIANTS = ("schash", "schash-batchscale")
 PEERS = ["celltypist", "knn-pca", "singler", "seurat"]
-ALL_METHODS = ["schash", "schash-knn", "schash-proto", "schash-variants", *PEERS]
+ALL_METHODS = ["schash", "schash-anchor", "schash-knn", "schash-variants", *PEERS]
 SEED = 0
 MIN_SINGLE_TYPE = 5  # query types with at least this many scored cells are annotated alone
 MIN_LEFT_OUT = 10  # a type is left out when it has at least this many cells in reference and query
@@ -398,8 +399,8 @@ def classification_task(ds, fold, adata, peer, ref_idx, q_idx, methods, r_status
 
     def add_seed(seed, model, pred):
         row = dict(base, seed=seed, **scores(y_q[scored], pred["label"].astype(str).to_numpy()[scored]))
-        proto = predict_schash(model, qry, {"method": "prototype"}, warn_log)[0]["label"].astype(str).to_numpy()
-        row["macro_f1_prototype"] = scores(y_q[scored], proto[scored])["macro_f1"]  # the same model's other call
+        other = predict_schash(model, qry, {"method": "anchor"}, warn_log)[0]["label"].astype(str).to_numpy()
+        row["macro_f1_anchor"] = scores(y_q[scored], other[scored])["macro_f1"]  # the same model's other call
         seed_rows.append(row)
 
     def add(method, labels=None, fit=np.nan, pred_s=np.nan, unassigned=np.nan, error=""):
@@ -653,7 +654,7 @@ def seed_section(seeds: pd.DataFrame, gp: pd.DataFrame) -> list[str]:
         p = peer.loc[(ds, fold)]
         f1 = g["macro_f1"].astype(float)
         gap = f1.mean() - p["best_peer_f1"]
-        proto = g["macro_f1_prototype"].astype(float) if "macro_f1_prototype" in g else None
+        proto = g["macro_f1_anchor"].astype(float) if "macro_f1_anchor" in g else None
         if p["kind"] == "cross-batch":
             gaps_mean.append(gap)
             if proto is not None:
@@ -664,7 +665,7 @@ def seed_section(seeds: pd.DataFrame, gp: pd.DataFrame) -> list[str]:
                     "peer F1": fmt(p["best_peer_f1"]), "schash F1, seeds": " / ".join(fmt(v) for v in f1),
                     "mean": fmt(f1.mean()), "min–max": f"{fmt(f1.min())}–{fmt(f1.max())}",
                     "gap of the mean": fmt(gap, sign=True),
-                    **({"prototype call: mean": fmt(proto.mean()), "its gap": fmt(proto.mean() - p["best_peer_f1"], sign=True)}
+                    **({"anchor call: mean": fmt(proto.mean()), "its gap": fmt(proto.mean() - p["best_peer_f1"], sign=True)}
                        if proto is not None else {})})
     if not tab:
         return []
@@ -678,7 +679,7 @@ def seed_section(seeds: pd.DataFrame, gp: pd.DataFrame) -> list[str]:
                f"of {len(g)}.")
     if len(proto_gaps) == len(g) and len(g):
         pg = np.array(proto_gaps)
-        summary += (f" The same models' prototype call (`method=\"prototype\"`): within 0.02 on "
+        summary += (f" The same models' nearest-anchor call (`method=\"anchor\"`): within 0.02 on "
                     f"{int((pg >= -0.02 - 1e-9).sum())} of {len(pg)}, at or above on {int((pg >= -1e-9).sum())}; "
                     f"mean gap {fmt(pg.mean(), sign=True)}.")
     return ["### The defaults over training seeds\n",

@@ -25,7 +25,7 @@ def annotate(
     model: SchashModel,
     *,
     layer: str | None = None,
-    method: Literal["anchor", "knn", "prototype"] = "anchor",
+    method: Literal["auto", "anchor", "knn", "prototype"] = "auto",
     k: int = 15,
     batch_key: str | None = None,
     species: Literal["human", "mouse"] | None = None,

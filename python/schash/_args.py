@@ -76,7 +76,7 @@ def progress(value) -> bool:
     raise InputError(f"progress must be True, False or None (automatic), got {value!r}")
 
 
-METHODS = ("anchor", "knn", "prototype")
+METHODS = ("auto", "anchor", "knn", "prototype")
 
 
 def call(n_reference: int, *, method, k, neighbors=None, chunk_size=8192) -> None:

@@ -138,7 +138,7 @@ QUERY_BATCH = "schash_query_batch"  # the obs column the query's batches travel 
 
 
 @_r_call
-def annotate_matrix(model, X, genes, cells, method="anchor", k=15, saliency=True, n_top_cell=5, neighbors=None,
+def annotate_matrix(model, X, genes, cells, method="auto", k=15, saliency=True, n_top_cell=5, neighbors=None,
                     batches=None, clusters=None, species=None):
     """Annotate a cells × genes matrix.
 

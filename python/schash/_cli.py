@@ -83,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--batch-key", help="standardise each query batch on its own")
     a.add_argument("--species", choices=("human", "mouse"), help="the query's species when it is not the "
                    "reference's: genes are mapped by one-to-one orthologues")
-    a.add_argument("--method", choices=("anchor", "knn", "prototype"), default="anchor")
+    a.add_argument("--method", choices=("auto", "anchor", "knn", "prototype"), default="auto",
+                   help="auto (default): prototype where the model keeps type prototypes, else anchor")
     a.add_argument("-k", type=int, default=15, help="neighbours for --method knn")
     a.add_argument("--over-clustering", metavar="COLUMN", help="majority voting over the clusters in this obs "
                    "column of the query (over-clustered from the codes when the query has no such column)")

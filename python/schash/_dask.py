@@ -275,7 +275,7 @@ def run(encoder, src: DaskSource, *, keep_projected: bool = False, progress: boo
     return assemble(src.cells, parts, empty, p.n_genes_matched, p.kind, keep_projected, p.gene_mapping)
 
 
-def tables(model, src: DaskSource, *, method="anchor", k: int = 15, batch_key=None, species=None,
+def tables(model, src: DaskSource, *, method="auto", k: int = 15, batch_key=None, species=None,
            chunk_size: int = 8192, min_gene_overlap: float = 0.3, progress: bool = False):
     """``(plan, iterator)``: the per-cell table of :meth:`SchashModel.call` for each chunk, in order,
     computed on the workers; at most a window of chunks is held at a time."""

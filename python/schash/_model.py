@@ -109,7 +109,7 @@ class SchashModel:
 
     # -- annotation --------------------------------------------------------------------------
     @_docs.inputs
-    def predict(self, data, *, genes=None, layer=None, method: Literal["anchor", "knn", "prototype"] = "anchor",
+    def predict(self, data, *, genes=None, layer=None, method: Literal["auto", "anchor", "knn", "prototype"] = "auto",
                 k: int = 15,
                 batch_key: str | None = None, species: Literal["human", "mouse"] | None = None,
                 chunk_size: int = 8192, progress: bool | None = None) -> pd.DataFrame:
@@ -120,7 +120,7 @@ class SchashModel:
         below ``novelty_alpha``, or no expression), ``distance`` (Hamming distance to the
         nearest anchor), ``delta_next`` (gap to the second-nearest anchor), ``typicality`` (how typical the
         cell is of the reference, a p-value in (0, 1]) and ``confidence`` in [0, 1]: the
-        code's closeness to its anchor (``method="anchor"``) or the winning vote fraction
+        code's closeness to its anchor (``"prototype"``, ``"anchor"``) or the winning vote fraction
         among the ``k`` nearest reference cells (``method="knn"``), times ``min(1, typicality / 0.5)``.
         A model trained on label levels adds ``label_<level>``, ``pruned_label_<level>`` and
         ``confidence_<level>`` for each level, ``resolved_label`` and ``resolved_level`` (:mod:`schash._levels`).
@@ -129,23 +129,25 @@ class SchashModel:
         ----------
         {inputs}
         method, k
-            Nearest anchor, a vote among the ``k`` nearest reference cells (``"knn"``), or the
-            type whose *prototype* — the mean of the network's last hidden layer over its
+            The type whose *prototype* — the mean of the network's last hidden layer over its
             reference cells — is nearest (cosine) to the cell's own (``"prototype"``; then
             ``distance`` is to the called type's anchor and ``delta_next`` the nearest other
-            anchor's distance minus it, negative where that one is nearer).  Measured in
-            ``bench/accuracy.py`` (``schash-proto``): types with a handful of reference cells are
-            found more often.
+            anchor's distance minus it, negative where that one is nearer), the nearest anchor
+            (``"anchor"``), or a vote among the ``k`` nearest reference cells (``"knn"``).
+            ``"auto"`` (the default) is ``"prototype"`` where the model keeps prototypes (models
+            trained since they were added) and ``"anchor"`` otherwise.  Measured in
+            ``bench/accuracy.py`` (``schash-anchor``, ``schash-knn``).
         """
         _args.call(len(self.ref_labels), method=method, k=k, chunk_size=chunk_size)  # before the work
         enc = self.encoded(data, genes=genes, layer=layer, batch_key=batch_key, species=species,
                            chunk_size=chunk_size, progress=progress)
         return self.call(enc, method=method, k=k)
 
-    def call(self, enc: Encoded, *, method: Literal["anchor", "knn", "prototype"] = "anchor",
+    def call(self, enc: Encoded, *, method: Literal["auto", "anchor", "knn", "prototype"] = "auto",
              k: int = 15) -> pd.DataFrame:
         """Turn an :class:`~schash._encode.Encoded` pass into labels (see :meth:`predict`)."""
         _args.call(len(self.ref_labels), method=method, k=k)
+        method = self.resolve_method("anchor" if method == "auto" and enc.prototype is None else method)
         if method == "prototype" and enc.prototype is None:
             raise InputError("method='prototype' needs each type's prototype, which this model lacks (saved before "
                              "prototypes were kept, or trained without hidden layers): retrain it, or use "
@@ -185,6 +187,13 @@ class SchashModel:
         )
         return table if self.levels is None else self.levels.extend(
             table, enc.codes, self.packed_anchors, half=half, trusted=trusted, factor=factor, votes=frac)
+
+    def resolve_method(self, method: str) -> str:
+        """The call ``method`` stands for: ``"auto"`` is ``"prototype"`` where the model keeps type
+        prototypes, else ``"anchor"``."""
+        if method != "auto":
+            return method
+        return "prototype" if self.prototypes is not None else "anchor"
 
     # -- reference database ------------------------------------------------------------------
     @_docs.inputs

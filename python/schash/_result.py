@@ -41,7 +41,7 @@ class Annotation:
         return _hamming.unpack(self.codes, n_bits)
 
 
-def annotation(model: SchashModel, data, *, genes=None, layer=None, method="anchor", k: int = 15,
+def annotation(model: SchashModel, data, *, genes=None, layer=None, method="auto", k: int = 15,
                batch_key=None, species=None, neighbors: int | None = None, clusters=None, chunk_size: int = 8192,
                progress=None, cells=None) -> Annotation:
     """Encode ``data`` once and build every output of an annotation (see :func:`schash.annotate`).
@@ -76,7 +76,8 @@ def annotation(model: SchashModel, data, *, genes=None, layer=None, method="anch
     if model.ref_map is not None and enc.projected is not None:
         result.placed = model.ref_map.place(enc.projected)
     result.record = {
-        "params": {"method": method, "k": k, "neighbors": neighbors, "layer": layer, "batch_key": batch_key,
+        "params": {"method": model.resolve_method(method), "k": k, "neighbors": neighbors, "layer": layer,
+                   "batch_key": batch_key,
                    "n_bits": model.n_bits, "threshold": model.threshold, "novelty_alpha": model.novelty_alpha},
         "n_genes_matched": enc.n_genes_matched,
         "n_genes_model": len(model.pre.genes),

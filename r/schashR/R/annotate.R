@@ -1,8 +1,9 @@
 #' Annotate cells with a schash model
 #'
-#' Each cell is hashed and given the cell type of the nearest anchor (or the
-#' majority of its nearest reference cells with `method = "knn"`, or the type whose
-#' prototype in the network's last hidden layer is nearest with `method = "prototype"`).
+#' Each cell is hashed and given the cell type whose prototype (the mean of the network's
+#' last hidden layer over the type's reference cells) is nearest to its own, or with
+#' `method = "anchor"` the type of the nearest anchor, or with `method = "knn"` the
+#' majority of its nearest reference cells.
 #'
 #' Added per cell: `schash_label`, `schash_pruned_label` (factor; `"Unassigned"`
 #' where the call is not trusted), `schash_distance` (Hamming distance to the
@@ -69,7 +70,8 @@
 #'   mapped by one-to-one orthologues).  Genes named otherwise than the model's (Ensembl IDs
 #'   vs symbols, version suffixes, case) are mapped automatically; how they matched is in
 #'   `Misc(object, "schash")$gene_mapping` (Seurat) / `metadata(object)$schash$gene_mapping`.
-#' @param method `"anchor"`, `"knn"` or `"prototype"`.
+#' @param method `"auto"` (the default: `"prototype"` where the model keeps type
+#'   prototypes, else `"anchor"`), `"prototype"`, `"anchor"` or `"knn"`.
 #' @param saliency Compute per-type and per-cell gene saliency.
 #' @param neighbors `NULL`, or the number of nearest reference cells whose
 #'   composition is stored for each cell.
@@ -77,14 +79,14 @@
 #'   clusters, or `TRUE` (clusters computed from the codes): majority voting over them.
 #' @return The annotated object (a data.frame for a matrix).
 #' @export
-schash_annotate <- function(object, model, ..., batch = NULL, method = "anchor", saliency = TRUE,
+schash_annotate <- function(object, model, ..., batch = NULL, method = "auto", saliency = TRUE,
                             neighbors = NULL, over_clustering = NULL) {
   UseMethod("schash_annotate")
 }
 
 #' @rdname schash_annotate
 #' @export
-schash_annotate.default <- function(object, model, ..., batch = NULL, method = "anchor",
+schash_annotate.default <- function(object, model, ..., batch = NULL, method = "auto",
                                     saliency = TRUE, neighbors = NULL, over_clustering = NULL) {
   m <- as_dgc(object)
   if (is.character(batch) && length(batch) == 1 && ncol(m) != 1) {
@@ -110,7 +112,7 @@ schash_annotate.default <- function(object, model, ..., batch = NULL, method = "
 #' @param assay,layer Which expression to use, as in [schash_train()].
 #' @export
 schash_annotate.Seurat <- function(object, model, ..., batch = NULL, assay = NULL, layer = NULL,
-                                   method = "anchor", saliency = TRUE, neighbors = NULL,
+                                   method = "auto", saliency = TRUE, neighbors = NULL,
                                    over_clustering = NULL) {
   need("SeuratObject", "for Seurat objects")
   assay <- assay %||% SeuratObject::DefaultAssay(object)
@@ -149,7 +151,7 @@ scores_assay <- function(scores) {
 #' @rdname schash_annotate
 #' @export
 schash_annotate.SingleCellExperiment <- function(object, model, ..., batch = NULL, assay = NULL,
-                                                 method = "anchor", saliency = TRUE,
+                                                 method = "auto", saliency = TRUE,
                                                  neighbors = NULL, over_clustering = NULL) {
   need("SingleCellExperiment", "for SingleCellExperiment objects")
   batch <- meta_values(object, batch, "batch", ncol(object))
@@ -168,13 +170,13 @@ schash_annotate.SingleCellExperiment <- function(object, model, ..., batch = NUL
   object
 }
 
-annotate_matrix <- function(m, model, batch = NULL, method = "anchor", saliency = TRUE, k = 15,
+annotate_matrix <- function(m, model, batch = NULL, method = "auto", saliency = TRUE, k = 15,
                             neighbors = NULL, clusters = NULL, species = NULL, ...) {
   extra <- list(...)
   if (length(extra)) {
     stop("unused argument(s): ", paste(names(extra), collapse = ", "), call. = FALSE)
   }
-  method <- match.arg(method, c("anchor", "knn", "prototype"))
+  method <- match.arg(method, c("auto", "anchor", "knn", "prototype"))
   neighbors <- check_neighbors(neighbors)
   batch <- label_list(batch, ncol(m), "batch")
   if (isTRUE(clusters)) {

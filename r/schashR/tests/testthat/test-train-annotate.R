@@ -39,6 +39,15 @@ test_that("Seurat: data slot, knn method, no saliency", {
   expect_error(schash_saliency(a), "no schash saliency")
 })
 
+test_that("Seurat: prototype method, and a clear error for a method that does not exist", {
+  skip_if_no_schash()
+  p <- pbmc()
+  a <- schash_annotate(p, pbmc_model(), method = "prototype", saliency = FALSE)
+  expect_equal(levels(a$schash_label), c("0", "1", "2", "Unassigned"))
+  expect_gt(mean(as.character(a$schash_label) == as.character(p$RNA_snn_res.1)), 0.7)
+  expect_error(schash_annotate(p, pbmc_model(), method = "nearest"), "should be one of")
+})
+
 test_that("SingleCellExperiment: train and annotate", {
   skip_if_no_schash()
   sce <- pbmc_sce()
