@@ -73,3 +73,15 @@ def test_a_model_without_prototypes_says_how_to_go_on(synth_model, synth):
     with pytest.raises(schash.InputError, match="retrain it, or use method='anchor'"):
         old.predict(q, method="prototype")
     np.testing.assert_array_equal(old.predict(q)["label"].to_numpy(), synth_model.predict(q)["label"].to_numpy())
+
+
+def test_prototype_and_anchor_calls_leave_the_same_cells_unassigned(pbmc_split):
+    """Pruning asks whether the code is near any anchor and whether the cell is typical: neither
+    depends on which type the call names."""
+    model, qry = pbmc_split
+    anchor = model.predict(qry, method="anchor")
+    proto = model.predict(qry, method="prototype")
+    gone = anchor["pruned_label"].astype(str) == "Unassigned"
+    assert 0 < gone.sum() < len(gone)
+    np.testing.assert_array_equal(proto["pruned_label"].astype(str) == "Unassigned", gone)
+    assert (proto["label"] != anchor["label"]).any()  # the two calls do differ somewhere

@@ -116,9 +116,9 @@ class SchashModel:
         """Annotate the cells of ``data``; returns a DataFrame indexed by cell.
 
         Columns: ``label`` (nearest type), ``pruned_label`` (``"Unassigned"`` where the
-        call is not trusted: anchor distance above the calibrated threshold, typicality
-        below ``novelty_alpha``, or no expression), ``distance`` (Hamming distance to the
-        nearest anchor), ``delta_next`` (gap to the second-nearest anchor), ``typicality`` (how typical the
+        call is not trusted: the code farther than the calibrated threshold from every anchor,
+        typicality below ``novelty_alpha``, or no expression), ``distance`` (Hamming distance to
+        the called type's anchor), ``delta_next`` (gap to the second-nearest anchor), ``typicality`` (how typical the
         cell is of the reference, a p-value in (0, 1]) and ``confidence`` in [0, 1]: the
         code's closeness to its anchor (``"prototype"``, ``"anchor"``) or the winning vote fraction
         among the ``k`` nearest reference cells (``method="knn"``), times ``min(1, typicality / 0.5)``.
@@ -153,6 +153,9 @@ class SchashModel:
                              "prototypes were kept, or trained without hidden layers): retrain it, or use "
                              "method='anchor'")
         best, dist, gap = _hamming.nearest_anchor(enc.codes, self.packed_anchors)
+        # a code farther than the threshold from every anchor is Unassigned, whatever the call (the
+        # threshold is calibrated on validation cells' nearest-anchor distances)
+        far = dist > self.threshold
         if method == "prototype":  # the call's anchor distance, and how much nearer the nearest other is
             best, dist, gap = _hamming.to_anchor(enc.codes, self.packed_anchors, enc.prototype)
         half = max(min_pairwise_distance(self.anchors) / 2.0, 1.0)
@@ -170,7 +173,7 @@ class SchashModel:
         factor = np.minimum(1.0, enc.typicality / 0.5)
         confidence = code_score * factor
         trusted = (enc.typicality >= self.novelty_alpha) & ~enc.empty
-        keep = (dist <= self.threshold) & trusted
+        keep = ~far & trusted
         labels = np.where(enc.empty, UNASSIGNED, labels)
         confidence = np.where(enc.empty, 0.0, confidence)
         cats = list(self.cell_types) + [UNASSIGNED]
