@@ -11,9 +11,12 @@ from schash._data import Source
 
 def _hidden(model, adata):
     """The last hidden layer of every cell of ``adata`` as the encoder scales it, in order."""
+    import torch
+
     with Source(adata, None, None) as src:
         blocks = [block.rows() for _, _, block in model.encoder.scaled(src)]
-    return model.module.hidden_dense(np.concatenate(blocks))
+    with torch.no_grad():
+        return model.module.net[:-1](torch.from_numpy(np.concatenate(blocks).astype(np.float32))).numpy()
 
 
 def test_prototypes_are_unit_type_means_of_the_last_hidden_layer(synth_model, synth):

@@ -152,12 +152,15 @@ class SchashModel:
             raise InputError("method='prototype' needs each type's prototype, which this model lacks (saved before "
                              "prototypes were kept, or trained without hidden layers): retrain it, or use "
                              "method='anchor'")
-        best, dist, gap = _hamming.nearest_anchor(enc.codes, self.packed_anchors)
-        # a code farther than the threshold from every anchor is Unassigned, whatever the call (the
-        # threshold is calibrated on validation cells' nearest-anchor distances)
-        far = dist > self.threshold
         if method == "prototype":  # the call's anchor distance, and how much nearer the nearest other is
             best, dist, gap = _hamming.to_anchor(enc.codes, self.packed_anchors, enc.prototype)
+            nearest = dist + np.minimum(gap, 0)
+        else:
+            best, dist, gap = _hamming.nearest_anchor(enc.codes, self.packed_anchors)
+            nearest = dist
+        # a code farther than the threshold from every anchor is Unassigned, whatever the call (the
+        # threshold is calibrated on validation cells' nearest-anchor distances)
+        far = nearest > self.threshold
         half = max(min_pairwise_distance(self.anchors) / 2.0, 1.0)
         code_score = np.clip(1.0 - dist / half, 0.0, 1.0)
         frac = None

@@ -49,8 +49,3 @@ class HashMLP(nn.Module):
         """The last hidden layer's outputs and the pre-tanh outputs, from the first layer's (inference only)."""
         hidden = self.net[1:-1](torch.from_numpy(np.ascontiguousarray(h, dtype=np.float32)))
         return hidden.numpy(), self.net[-1](hidden).numpy()
-
-    @torch.no_grad()
-    def hidden_dense(self, rows: np.ndarray) -> np.ndarray:
-        """The last hidden layer's outputs for dense standardised rows (inference only)."""
-        return self.net[:-1](torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))).numpy()
