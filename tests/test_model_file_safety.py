@@ -106,6 +106,18 @@ def _nan_prototype(m, t):
     t["prototypes"][0, 0] = np.nan
 
 
+def _joint_unsorted(m, t):
+    t["novelty.joint_calibration"] = t["novelty.joint_calibration"][::-1].copy()
+
+
+def _joint_short(m, t):
+    t["novelty.joint_calibration"] = t["novelty.joint_calibration"][:-1].copy()
+
+
+def _joint_without_margins(m, t):
+    del t["novelty.margin_calibration"]
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
@@ -122,6 +134,9 @@ def _nan_prototype(m, t):
         (_unassigned_type, "reserved"),
         (_prototype_rows, "prototypes.*shape"),
         (_nan_prototype, "prototypes.*NaN"),
+        (_joint_unsorted, "joint_calibration.*sorted"),
+        (_joint_short, "one value per calibration cell"),
+        (_joint_without_margins, "joint calibration needs its margin calibration"),
     ],
 )
 def test_inconsistent_model_file_is_refused(model_bytes, tmp_path, edit, message):

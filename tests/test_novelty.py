@@ -6,7 +6,7 @@ from conftest import make_counts
 from sklearn.metrics import roc_auc_score
 
 import schash
-from schash._novelty import NoveltyScorer, fit_novelty
+from schash._novelty import NoveltyScorer, fit_novelty, joint_calibration, margins
 from schash._scaled import Scaled
 
 
@@ -19,19 +19,50 @@ def _scorer(rng, n_bank=40):
     return s
 
 
-def test_typicality_is_the_bonferroni_minimum_of_the_two_p_values():
-    rng = np.random.default_rng(2)
-    s = _scorer(rng)
-    coords = s.project(rng.normal(size=(30, 8)).astype(np.float32))
-    m = rng.normal(size=30)
+def _p_values(s, coords, m):
     d = s.distances(coords)
     p_expr = np.array([(1 + (s.calibration >= x).sum()) / (1 + len(s.calibration)) for x in d])
-    p_margin = np.array([(1 + (s.margin_calibration <= x).sum()) / 101 for x in m])
-    np.testing.assert_allclose(s.typicality(coords, m), np.minimum(1, 2 * np.minimum(p_expr, p_margin)))
+    p_margin = np.array([(1 + (s.margin_calibration <= x).sum()) / (1 + len(s.margin_calibration)) for x in m])
+    return p_expr, p_margin
+
+
+def test_typicality_ranks_fishers_statistic_among_the_calibration_cells():
+    rng = np.random.default_rng(2)
+    s = _scorer(rng)
+    n_cal = len(s.margin_calibration)
+    s.joint_calibration = np.sort(rng.exponential(2.0, size=n_cal)).astype(np.float32)
+    coords = s.project(rng.normal(size=(30, 8)).astype(np.float32))
+    m = rng.normal(size=30)
+    p_expr, p_margin = _p_values(s, coords, m)
+    stat = (-np.log(p_expr) - np.log(p_margin)).astype(np.float32)
+    expected = np.array([(1 + (s.joint_calibration >= x).sum()) / (1 + n_cal) for x in stat])
+    np.testing.assert_allclose(s.typicality(coords, m), expected)
     np.testing.assert_allclose(s.typicality(coords), p_expr)  # no margins: the expression view alone
-    # a cell whose margin is below every calibration margin is atypical however typical its expression
+    # a cell whose margin is below every calibration margin is less typical than with its own margin
     low = s.typicality(coords, np.full(30, s.margin_calibration[0] - 1.0))
-    assert (low <= 2 / 101 + 1e-12).all()
+    assert (low <= s.typicality(coords, m)).all() and (low < s.typicality(coords, m)).any()
+
+
+def test_models_saved_before_the_joint_calibration_keep_bonferroni():
+    rng = np.random.default_rng(2)
+    s = _scorer(rng)
+    assert s.joint_calibration is None
+    coords = s.project(rng.normal(size=(30, 8)).astype(np.float32))
+    m = rng.normal(size=30)
+    p_expr, p_margin = _p_values(s, coords, m)
+    np.testing.assert_allclose(s.typicality(coords, m), np.minimum(1, 2 * np.minimum(p_expr, p_margin)))
+
+
+def test_joint_calibration_pairs_each_cells_two_views():
+    """Each calibration cell's statistic comes from its own distance and margin, ranked among the others."""
+    d = np.array([0.1, 0.2, 0.3, 0.4], np.float32)
+    m = np.array([4.0, 3.0, 2.0, 1.0], np.float32)  # the most distant cell also has the lowest margin
+    stat = joint_calibration(d, m)
+    # p-values against the calibration, the cell itself included once: p_expr = #(d >= d_i) / n
+    p_expr, p_margin = np.array([4, 3, 2, 1]) / 4, np.array([4, 3, 2, 1]) / 4
+    np.testing.assert_allclose(stat, np.sort(-np.log(p_expr) - np.log(p_margin)), rtol=1e-6)
+    # the same values paired the other way round give a different (less extreme) calibration
+    assert joint_calibration(d, m[::-1]).max() < stat.max()
 
 
 def test_fit_leaves_each_bank_cell_out_of_its_own_calibration():
@@ -47,6 +78,24 @@ def test_fit_leaves_each_bank_cell_out_of_its_own_calibration():
     # with itself left out, no cell is at distance 0 from its nearest bank cell
     assert (s.calibration > 1e-3).all() and (np.diff(s.calibration) >= 0).all()
     assert len(s.margin_calibration) == n and (np.diff(s.margin_calibration) >= 0).all()
+    assert len(s.joint_calibration) == n and (np.diff(s.joint_calibration) >= 0).all()
+
+
+def test_fit_pairs_each_calibration_cells_distance_with_its_own_margin():
+    rng = np.random.default_rng(4)
+    n, g = 60, 12
+    X = Scaled(rng.normal(size=(n, g)).astype(np.float32), np.zeros(n, np.int64), np.zeros((1, g)),
+               np.ones((1, g)), np.ones(g, bool), 10.0)
+    y = np.repeat([0, 1, 2], n // 3)
+    anchors = np.where(rng.random((3, 16)) < 0.5, -1.0, 1.0).astype(np.float32)
+    logits = lambda z: np.outer(np.abs(z[:, 0]) + 0.1, anchors[0])  # noqa: E731  margins differ by cell
+    s = fit_novelty(X, y, np.arange(n), seed=0, calibration_rows=X.rows, logits=logits, anchors=anchors,
+                    k=1, n_comps=4)
+    rows = X.rows(np.arange(n))  # every cell calibrates and is a bank cell (scored without itself)
+    d = s.distances(s.project(rows), own=np.arange(n)).astype(np.float32)
+    m = margins(logits(rows), anchors).astype(np.float32)
+    np.testing.assert_allclose(s.joint_calibration, joint_calibration(d, m), rtol=1e-5)
+    assert not np.allclose(s.joint_calibration, joint_calibration(d, m[rng.permutation(n)]), rtol=1e-5)
 
 
 @pytest.mark.parametrize("scale", ["reference", "batch"])

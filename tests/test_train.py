@@ -190,7 +190,7 @@ def test_prune_threshold_is_the_clipped_quantile_of_the_cells_it_is_given():
 
     rng = np.random.default_rng(0)
     anchors = np.where(rng.random((3, 64)) < 0.5, -1.0, 1.0).astype(np.float32)
-    flips = np.array([0, 2, 5, 9, 11, 30])  # each row: anchor 0 with this many bits flipped
+    flips = np.array([0, 2, 5, 9, 11, 20, 30])  # each row: anchor 0 with this many bits flipped
 
     class Net:
         @staticmethod
@@ -203,10 +203,11 @@ def test_prune_threshold_is_the_clipped_quantile_of_the_cells_it_is_given():
     rows = lambda idx: flips[idx, None].astype(np.float32)  # noqa: E731
     idx = np.arange(len(flips))
     dist = np.minimum(flips, 64 - flips)  # distance to the nearest anchor is at most the flips
-    assert _prune_threshold(Net, rows, idx[:4], anchors, 1.0) == 9  # within [8, 15]
+    assert _prune_threshold(Net, rows, idx[:4], anchors, 1.0) == 9  # within [8, 23]
     assert _prune_threshold(Net, rows, idx[:2], anchors, 1.0) == 8  # floor K/8
-    assert _prune_threshold(Net, rows, idx, anchors, 1.0) == 15  # cap K/4 - 1
-    assert dist.max() > 15
+    assert _prune_threshold(Net, rows, idx[:6], anchors, 1.0) == 20  # above the old cap K/4 - 1
+    assert _prune_threshold(Net, rows, idx, anchors, 1.0) == 23  # cap 3K/8 - 1
+    assert dist.max() > 23
 
 
 @pytest.mark.parametrize("augment", [0.0, 0.8])

@@ -252,13 +252,14 @@ def _prune_threshold(module, rows, val_idx: np.ndarray, anchors: np.ndarray, qua
     """The anchor distance beyond which a call is ``Unassigned``: the ``quantile`` of the
     validation cells' distances, the cells perturbed by the training augmentation (``rows``,
     as the typicality is calibrated) so that a query from another technology is expected;
-    clipped to [K/8, K/4 - 1].  Measured on the benchmark's 31 cross-batch left-out-type tasks:
-    4 thresholds rose (to at most K/4 - 1), known-type cells Unassigned 5.8% -> 5.6%, left-out
-    ones 55.6% -> 55.9%."""
+    clipped to [K/8, 3K/8 - 1].  The ceiling was K/4 - 1, which many thresholds of references
+    from several technologies reached; measured on the benchmark's 31 cross-batch left-out-type
+    tasks (seeds 0-4, the same models), 21 of 155 thresholds rose (to at most K/4 + 3), known-type
+    cells Unassigned 5.5% -> 5.1%, left-out ones 52.5% -> 51.7%."""
     n_bits = anchors.shape[1]
     codes = [_hamming.pack(module.logits_dense(rows(val_idx[s : s + 4096]))) for s in range(0, len(val_idx), 4096)]
     _, dist, _ = _hamming.nearest_anchor(np.concatenate(codes), _hamming.pack(anchors))
-    return int(np.clip(np.ceil(np.quantile(dist, quantile)), n_bits // 8, n_bits // 4 - 1))
+    return int(np.clip(np.ceil(np.quantile(dist, quantile)), n_bits // 8, 3 * n_bits // 8 - 1))
 
 
 def _train_with_novelty(X, X_ref, y, anchors, val_idx, *, cfg, seed, device, progress, log_scale, scale):

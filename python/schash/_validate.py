@@ -203,13 +203,19 @@ def check_tensors(meta, t: dict, path) -> None:
     bank = c.tensor(t, "novelty.bank", (None, comps.shape[0] + 1), np.float32)
     if bank.shape[0] < 1:
         c.fail("the novelty scorer's reference bank is empty")
-    for name in ("novelty.calibration", "novelty.margin_calibration"):
+    if "novelty.joint_calibration" in t and "novelty.margin_calibration" not in t:
+        c.fail("the novelty scorer's joint calibration needs its margin calibration")
+    for name in ("novelty.calibration", "novelty.margin_calibration", "novelty.joint_calibration"):
         if name == "novelty.calibration" or name in t:
             cal = c.tensor(t, name, (None,), np.float32)
             if cal.size < 1 or (np.diff(cal) < 0).any():
                 c.fail(f"tensor {name!r} must be a non-empty sorted list")
+    joint = t.get("novelty.joint_calibration")
+    if joint is not None and joint.shape != t["novelty.margin_calibration"].shape:
+        c.fail("the novelty scorer's joint and margin calibrations must hold one value per calibration cell")
     known = set(shapes) | {"anchors", "ref_mean", "ref_std", "ref_codes", "ref_labels", "ref_batches",
-                           "novelty.margin_calibration", *_NOVELTY} | {f"ref_meta.{k}" for k in meta_cats}
+                           "novelty.margin_calibration", "novelty.joint_calibration", *_NOVELTY}
+    known |= {f"ref_meta.{k}" for k in meta_cats}
     ref_map = meta.get("ref_map")
     if ref_map is not None:  # the reference's 2-D embedding (schash._refmap)
         ref_map = c.dict_("ref_map", ref_map)
