@@ -26,7 +26,8 @@ Tasks
   with the largest query batch): each reference type with >= 10 cells in both reference and
   query is left out of the reference in turn; AUROC of schash ``1 - confidence`` and
   ``1 - typicality`` and CellTypist ``1 - max probability`` for the left-out cells, and the
-  fractions of left-out / known-type cells schash leaves ``Unassigned``.
+  fractions of left-out / known-type cells schash leaves ``Unassigned`` (schash trained with
+  each seed of ``--seeds``; the targets are judged on the mean over seeds).
 
 Methods
 -------
@@ -401,6 +402,7 @@ def classification_task(ds, fold, adata, peer, ref_idx, q_idx, methods, r_status
         row = dict(base, seed=seed, **scores(y_q[scored], pred["label"].astype(str).to_numpy()[scored]))
         other = predict_schash(model, qry, {"method": "anchor"}, warn_log)[0]["label"].astype(str).to_numpy()
         row["macro_f1_anchor"] = scores(y_q[scored], other[scored])["macro_f1"]  # the same model's other call
+        row["unassigned_frac"] = float((pred["pruned_label"].astype(str).to_numpy()[scored] == "Unassigned").mean())
         seed_rows.append(row)
 
     def add(method, labels=None, fit=np.nan, pred_s=np.nan, unassigned=np.nan, error=""):
@@ -514,8 +516,12 @@ def novelty_folds(folds):
     return [first] if largest[0] == first[0] else [first, largest]
 
 
-def novelty_tasks(ds, adata, fold, ref_idx, q_idx, methods, warn_log):
-    """Leave each reference type with >= MIN_LEFT_OUT cells in reference and query out in turn."""
+NOVELTY_COLUMNS = ("schash_confidence", "schash_typicality", "schash_unassigned_left_out", "schash_unassigned_known")
+
+
+def novelty_tasks(ds, adata, fold, ref_idx, q_idx, methods, warn_log, seeds=(SEED,)):
+    """Leave each reference type with >= MIN_LEFT_OUT cells in reference and query out in turn; schash's
+    defaults are trained with each of ``seeds`` (columns ``<name>_s<seed>``, and their mean as ``<name>``)."""
     y = adata.obs["cell_type"].astype(str).to_numpy()
     ref_types = pd.Series(y[ref_idx]).value_counts()
     q_idx = q_idx[np.isin(y[q_idx], ref_types.index)]  # only one kind of novelty: the left-out type
@@ -531,17 +537,22 @@ def novelty_tasks(ds, adata, fold, ref_idx, q_idx, methods, warn_log):
         novel = (y[q_idx] == t).astype(int)
         row = {"dataset": ds, "fold": fold, "left_out": t, "n_ref": len(r_idx), "n_left_out": int(novel.sum()),
                "n_known": int((1 - novel).sum())}
-        if "schash" in methods:
+        for seed in seeds if "schash" in methods else ():
             try:
-                model, fit = train_schash(ref, {}, warn_log)
+                model, fit = train_schash(ref, {}, warn_log, seed=seed)
                 pred, _ = predict_schash(model, qry, {}, warn_log)
                 un = pred["pruned_label"].astype(str).to_numpy() == "Unassigned"
-                row.update(schash_confidence=auroc(novel, 1 - pred["confidence"].to_numpy()),
-                           schash_typicality=auroc(novel, 1 - pred["typicality"].to_numpy()),
-                           schash_unassigned_left_out=float(un[novel == 1].mean()),
-                           schash_unassigned_known=float(un[novel == 0].mean()), schash_fit_s=fit)
+                values = (auroc(novel, 1 - pred["confidence"].to_numpy()), auroc(novel, 1 - pred["typicality"].to_numpy()),
+                          float(un[novel == 1].mean()), float(un[novel == 0].mean()))
+                row.update({f"{c}_s{seed}": v for c, v in zip(NOVELTY_COLUMNS, values, strict=True)})
+                if seed == SEED:
+                    row["schash_fit_s"] = fit
             except Exception as e:  # noqa: BLE001
-                row["schash_error"] = err_text(e)
+                row["schash_error"] = (row.get("schash_error", "") + f" seed {seed}: {err_text(e)}").strip()
+        for c in NOVELTY_COLUMNS:
+            got = [row[f"{c}_s{seed}"] for seed in seeds if f"{c}_s{seed}" in row]
+            if got:
+                row[c] = float(np.mean(got))
         if "celltypist" in methods:
             try:
                 _, maxprob, *_ = run_celltypist(ref, qry)
@@ -798,6 +809,8 @@ def write_report(out: Path, rows: pd.DataFrame, st: pd.DataFrame, nov: pd.DataFr
                             "schash_typicality", "celltypist_maxprob", "schash_unassigned_left_out",
                             "schash_unassigned_known") if c in nov]
         nt = nov[cols].copy()
+        nov_seeds = sorted({int(c.rsplit("_s", 1)[1]) for c in nov.columns
+                            if c.startswith("schash_confidence_s") and c.rsplit("_s", 1)[1].isdigit()})
         for c in cols:
             if c in ("schash_confidence", "schash_typicality", "celltypist_maxprob", "schash_unassigned_left_out",
                      "schash_unassigned_known"):
@@ -817,7 +830,9 @@ def write_report(out: Path, rows: pd.DataFrame, st: pd.DataFrame, nov: pd.DataFr
                    "reference); the query holds the query cells of the types in the full reference, so the left-out "
                    "type is the only novelty. AUROC of `1 − confidence`, `1 − typicality` (schash) and "
                    "`1 − max probability` (CellTypist) with the left-out cells as positives; `Unassigned`: fraction "
-                   "of left-out / known-type query cells schash's `pruned_label` marks Unassigned.\n"), md_table(nt), ""]
+                   "of left-out / known-type query cells schash's `pruned_label` marks Unassigned. schash's columns "
+                   f"are means over its training seeds ({', '.join(str(x) for x in nov_seeds) or SEED}; each seed "
+                   "in `novelty.csv`).\n"), md_table(nt), ""]
         mean = {c: np.nanmean(nov[c].to_numpy(dtype=float)) if c in nov else np.nan
                 for c in ("schash_confidence", "schash_typicality", "celltypist_maxprob", "schash_unassigned_left_out",
                           "schash_unassigned_known")}
@@ -832,13 +847,24 @@ def write_report(out: Path, rows: pd.DataFrame, st: pd.DataFrame, nov: pd.DataFr
                   f"{fmt(mean['celltypist_maxprob'])}; mean Unassigned left-out {fmt(mean['schash_unassigned_left_out'])}"
                   f" / known {fmt(mean['schash_unassigned_known'])}. Targets: " + "; ".join(
                       f"{k}: {'holds' if v else 'MISSED'}" for k, v in hold.items()) + ".", ""]
+        if len(nov_seeds) > 1:
+            per = {c: [np.nanmean(nov[f"{c}_s{x}"].to_numpy(dtype=float)) for x in nov_seeds] for c in NOVELTY_COLUMNS}
+            lines += ["Per seed (" + ", ".join(str(x) for x in nov_seeds) + "): mean AUROC 1−confidence " +
+                      " / ".join(fmt(v) for v in per["schash_confidence"]) + "; Unassigned left-out " +
+                      " / ".join(fmt(v) for v in per["schash_unassigned_left_out"]) + ", known " +
+                      " / ".join(fmt(v) for v in per["schash_unassigned_known"]) + ".", ""]
         # the other side of the trade-off: known-type cells Unassigned when every query type is in the reference
         full = rows[(rows["method"] == "schash") & (rows["kind"] == "cross-batch")]["unassigned_frac"].astype(float)
         if len(full):
-            lines += [f"For comparison, on the {len(full)} full-reference cross-batch tasks of section 1 (every query "
-                      f"type known) schash leaves a mean {fmt(full.mean())} of the query cells `Unassigned` "
-                      f"(range {fmt(full.min())}–{fmt(full.max())}): a scorer that catches more left-out cells must "
-                      "be judged on both.", ""]
+            text = (f"For comparison, on the {len(full)} full-reference cross-batch tasks of section 1 (every query "
+                    f"type known) schash leaves a mean {fmt(full.mean())} of the query cells `Unassigned` "
+                    f"(range {fmt(full.min())}–{fmt(full.max())})")
+            if seeds is not None and "unassigned_frac" in seeds and "kind" in seeds:
+                sx = seeds[seeds["kind"] == "cross-batch"].groupby("seed")["unassigned_frac"].mean()
+                if len(sx) > 1:
+                    text += (f"; over seeds {', '.join(str(int(x)) for x in sx.index)} "
+                             f"{' / '.join(fmt(v) for v in sx)} (mean {fmt(sx.mean())})")
+            lines += [text + ": a scorer that catches more left-out cells must be judged on both.", ""]
 
     if warn_log:
         lines += ["## Warnings raised during the run (count)\n"] + [
@@ -938,7 +964,8 @@ def main(argv=None):
             sd += e
         if not args.no_novelty and has_batches(adata):
             for fold, r_idx, q_idx in novelty_folds(folds):
-                nov += novelty_tasks(ds, adata, fold, r_idx, q_idx, args.methods, warn_log)
+                nov += novelty_tasks(ds, adata, fold, r_idx, q_idx, args.methods, warn_log,
+                                     seeds=tuple(range(SEED, SEED + args.seeds)))
         save()
     save()
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
