@@ -15,6 +15,9 @@ def test_round_trip_gives_identical_codes_and_calls(synth_model, synth, tmp_path
     np.testing.assert_array_equal(loaded.encode(synth), synth_model.encode(synth))
     np.testing.assert_array_equal(loaded.ref_codes, synth_model.ref_codes)
     assert loaded.cell_types == synth_model.cell_types and loaded.threshold == synth_model.threshold
+    assert loaded.novelty_alpha == synth_model.novelty_alpha
+    for name in ("calibration", "margin_calibration", "joint_calibration"):  # the typicality's calibrations
+        np.testing.assert_array_equal(getattr(loaded.novelty, name), getattr(synth_model.novelty, name))
     a, b = loaded.predict(synth), synth_model.predict(synth)
     for col in ["label", "distance", "delta_next"]:
         assert a[col].equals(b[col]), col
