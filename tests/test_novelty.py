@@ -65,13 +65,18 @@ def test_joint_calibration_pairs_each_cells_two_views():
     assert joint_calibration(d, m[::-1]).max() < stat.max()
 
 
-def test_fit_leaves_each_bank_cell_out_of_its_own_calibration():
-    rng = np.random.default_rng(3)
-    n, g = 60, 12
+def _small_reference(seed, n=60, g=12):
+    """``n`` plain standardised rows of three types, and three random 16-bit anchors."""
+    rng = np.random.default_rng(seed)
     X = Scaled(rng.normal(size=(n, g)).astype(np.float32), np.zeros(n, np.int64), np.zeros((1, g)),
                np.ones((1, g)), np.ones(g, bool), 10.0)
-    y = np.repeat([0, 1, 2], n // 3)
     anchors = np.where(rng.random((3, 16)) < 0.5, -1.0, 1.0).astype(np.float32)
+    return rng, X, np.repeat([0, 1, 2], n // 3), anchors
+
+
+def test_fit_leaves_each_bank_cell_out_of_its_own_calibration():
+    _, X, y, anchors = _small_reference(3)
+    n = len(y)
     s = fit_novelty(X, y, np.arange(n), seed=0, calibration_rows=X.rows,
                     logits=lambda z: np.tile(anchors[0], (len(z), 1)), anchors=anchors, k=1, n_comps=4)
     assert len(s.bank) == n  # every cell is in the bank and calibrates on plain rows
@@ -82,12 +87,8 @@ def test_fit_leaves_each_bank_cell_out_of_its_own_calibration():
 
 
 def test_fit_pairs_each_calibration_cells_distance_with_its_own_margin():
-    rng = np.random.default_rng(4)
-    n, g = 60, 12
-    X = Scaled(rng.normal(size=(n, g)).astype(np.float32), np.zeros(n, np.int64), np.zeros((1, g)),
-               np.ones((1, g)), np.ones(g, bool), 10.0)
-    y = np.repeat([0, 1, 2], n // 3)
-    anchors = np.where(rng.random((3, 16)) < 0.5, -1.0, 1.0).astype(np.float32)
+    rng, X, y, anchors = _small_reference(4)
+    n = len(y)
     logits = lambda z: np.outer(np.abs(z[:, 0]) + 0.1, anchors[0])  # noqa: E731  margins differ by cell
     s = fit_novelty(X, y, np.arange(n), seed=0, calibration_rows=X.rows, logits=logits, anchors=anchors,
                     k=1, n_comps=4)
