@@ -107,8 +107,7 @@ class NoveltyScorer:
         p = _p_above(self.calibration, self.distances(coords))
         if margins is None or self.margin_calibration is None or not len(self.margin_calibration):
             return p
-        cal = self.margin_calibration
-        p_margin = (1.0 + np.searchsorted(cal, margins, side="right")) / (1.0 + len(cal))
+        p_margin = _p_below(self.margin_calibration, margins)
         if self.joint_calibration is None:  # a model saved before the calibrated combination
             return np.minimum(1.0, 2.0 * np.minimum(p, p_margin))
         return _p_above(self.joint_calibration, fisher(p, p_margin).astype(np.float32))  # as stored
@@ -134,6 +133,11 @@ def _p_above(calibration: np.ndarray, values: np.ndarray) -> np.ndarray:
     return (1.0 + n_ge) / (1.0 + len(calibration))
 
 
+def _p_below(calibration: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Conformal p-values of ``values`` against the sorted ``calibration``: smaller is less typical."""
+    return (1.0 + np.searchsorted(calibration, values, side="right")) / (1.0 + len(calibration))
+
+
 def fisher(p_expr: np.ndarray, p_margin: np.ndarray) -> np.ndarray:
     """Fisher's statistic of the two views' p-values: larger is less typical."""
     return -np.log(p_expr) - np.log(p_margin)
@@ -145,8 +149,8 @@ def joint_calibration(distances: np.ndarray, margin_values: np.ndarray) -> np.nd
     query cell's statistic is ranked among."""
     n = len(distances)
     d_sorted, m_sorted = np.sort(distances), np.sort(margin_values)
-    # a query's p-value is (1 + #calibration values as extreme) / (1 + n); for a calibration cell the
-    # others are the calibration (its own value counted once in the searchsorted count)
+    # a query's p-values (_p_above, _p_below) taken against the other n - 1 cells: the searchsorted
+    # counts include the cell itself, which stands for the 1 in (1 + count) / (1 + n - 1)
     p_expr = (n - np.searchsorted(d_sorted, distances, side="left")) / n
     p_margin = np.searchsorted(m_sorted, margin_values, side="right") / n
     return np.sort(fisher(p_expr, p_margin)).astype(np.float32)
