@@ -55,7 +55,7 @@ def take_warnings() -> list[str]:
 
 
 _INT_ARGS = ("n_bits", "n_top_genes", "min_cells_per_type", "small_type_cells", "max_cells_per_type", "batch_size",
-             "max_epochs", "seed", "k", "num_threads")
+             "max_epochs", "seed", "k", "num_threads", "chunk_size")
 
 
 def _strs(x) -> list[str] | None:
