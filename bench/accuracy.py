@@ -37,8 +37,7 @@ scale="reference", augment=0.8, min_cells_per_type=1; nearest type prototype),
 ``schash-anchor`` (the same model, nearest anchor), ``schash-knn`` (the same model, k-NN vote
 among reference codes, k=15), ``schash-noaug`` (augment=0),
 ``schash-batchscale`` (scale="batch": each reference batch and the query standardised on
-themselves), ``schash-min10`` (min_cells_per_type=10), ``schash-rank`` (transform="rank"),
-``schash-small0`` (small_type_cells=0).
+themselves), ``schash-min10`` (min_cells_per_type=10), ``schash-rank`` (transform="rank").
 Every schash call gets ``batch_key="batch"`` where the reference has >= 2 batches, seed 0
 (the defaults also with seeds 1 to N-1 for their spread, ``--seeds N``).
 Peers: ``celltypist`` (logistic regression, ``use_SGD=False``), ``knn-pca`` (HVG from the
@@ -92,7 +91,6 @@ SCHASH_CONFIGS = {
     "schash-batchscale": ({"scale": "batch"}, {"method": "anchor"}),
     "schash-min10": ({"min_cells_per_type": 10}, {"method": "anchor"}),
     "schash-rank": ({"transform": "rank"}, {"method": "anchor"}),
-    "schash-small0": ({"small_type_cells": 0}, {}),
 }
 SCHASH_TEXT = {
     "schash": 'defaults (transform="log", scale="reference": the query standardised with the reference\'s '
@@ -107,8 +105,6 @@ SCHASH_TEXT = {
                          "standardised on their own statistics)",
     "schash-min10": "defaults with min_cells_per_type=10 (the old default: types with < 10 reference cells dropped)",
     "schash-rank": 'defaults with transform="rank" (per-cell ranks of expressed genes)',
-    "schash-small0": "defaults with small_type_cells=0 (the default before: a type of 3-9 reference cells gives "
-                     "validation cells, and a rare type's cells are drawn once per epoch)",
 }
 VARIANTS = [m for m in SCHASH_CONFIGS if m not in ("schash", "schash-anchor", "schash-knn")]
 SINGLE_TYPE_VARIANTS = ("schash", "schash-batchscale")
@@ -267,25 +263,18 @@ def train_schash(ref, train_kw: dict, warn_log: Counter, seed: int = SEED):
 
 
 def effective_train_kw(ref, train_kw: dict) -> dict:
-    """``train_kw`` without ``min_cells_per_type`` where every reference type has that many cells with expression,
-    and without ``small_type_cells`` where every type has as many as that and the default.
+    """``train_kw`` without ``min_cells_per_type`` where every reference type has that many cells with expression.
 
-    schash then trains on the same cells, split and drawn as with the defaults, and with the same seed gives the
-    same model, so the configuration shares the defaults' model instead of training it again.
+    schash then trains on the same cells as with the default (1), and with the same seed gives the same
+    model, so the configuration shares the defaults' model instead of training it again.
     """
-    import inspect
-
-    import schash
-
     kw = dict(train_kw)
-    usable = np.asarray(ref.X.sum(axis=1)).reshape(-1) > 0
-    counts = pd.Series(ref.obs["cell_type"].astype(str).to_numpy()[usable]).value_counts()
-    smallest = counts.min() if len(counts) else 0
-    if kw.get("min_cells_per_type") is not None and smallest >= kw["min_cells_per_type"]:
-        kw.pop("min_cells_per_type")
-    default = inspect.signature(schash.train).parameters["small_type_cells"].default
-    if kw.get("small_type_cells") is not None and smallest >= max(kw["small_type_cells"], default):
-        kw.pop("small_type_cells")
+    m = kw.get("min_cells_per_type")
+    if m is not None:
+        usable = np.asarray(ref.X.sum(axis=1)).reshape(-1) > 0
+        counts = pd.Series(ref.obs["cell_type"].astype(str).to_numpy()[usable]).value_counts()
+        if len(counts) and counts.min() >= m:
+            kw.pop("min_cells_per_type")
     return kw
 
 
@@ -730,7 +719,7 @@ def write_report(out: Path, rows: pd.DataFrame, st: pd.DataFrame, nov: pd.DataFr
              "",
              ("schash configurations (every one trained with seed 0 and `batch_key=\"batch\"` where the reference "
               "has >= 2 batches; configurations with the same training arguments share one model, and so does "
-              "`schash-min10` and `schash-small0` with `schash` on folds where every reference type has >= 10 cells):"),
+              "`schash-min10` with `schash` on folds where every reference type has >= 10 cells):"),
              ""] + [f"- `{m}`: {SCHASH_TEXT[m]}" for m in present] + [
              "",
              ("Peers: `celltypist` (logistic regression, use_SGD=False), `knn-pca` (2000 HVG of the reference, "

@@ -59,7 +59,7 @@ def test_type_scores(synth_model, synth):
 
 
 def test_every_whole_number_argument_is_made_an_integer_for_r():
-    """R hands numbers over as doubles (``small_type_cells = 5`` is 5.0): every whole-number argument
+    """R hands numbers over as doubles (``max_epochs = 5`` is 5.0): every whole-number argument
     of ``train`` and ``predict`` must be converted, or Python's checks refuse it."""
     import inspect
 
@@ -67,5 +67,5 @@ def test_every_whole_number_argument_is_made_an_integer_for_r():
     whole = {n for n, p in params.items() if type(p.default) is int or "int |" in str(p.annotation)
              or str(p.annotation) == "int"}
     assert whole <= set(_bridge._INT_ARGS)
-    out = _bridge._ints({"small_type_cells": 5.0, "n_top_genes": None, "dropout": 0.2})
-    assert out == {"small_type_cells": 5, "n_top_genes": None, "dropout": 0.2} and type(out["small_type_cells"]) is int
+    out = _bridge._ints({"max_epochs": 5.0, "n_top_genes": None, "dropout": 0.2})
+    assert out == {"max_epochs": 5, "n_top_genes": None, "dropout": 0.2} and type(out["max_epochs"]) is int

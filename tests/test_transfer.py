@@ -7,7 +7,7 @@ import torch
 from scipy import sparse
 
 import schash
-from schash._loop import TrainConfig, augment, oversample, split
+from schash._loop import TrainConfig, augment
 
 
 def _technology_shift(adata, seed=1, gene_sd=0.6, dropout=0.2):
@@ -41,7 +41,7 @@ def test_defaults_transfer_across_a_technology_shift(pbmc_split, pbmc_model):
     qry = pbmc_split[1]
     pred = pbmc_model.predict(qry)["label"].astype(str)
     truth = qry.obs["bulk_labels"].astype(str)
-    # measured (seeds 0-2): accuracy 0.81-0.82, macro F1 0.72-0.74; without augmentation macro F1 0.69-0.73
+    # measured (seeds 0-2): accuracy 0.82-0.83, macro F1 0.69-0.74; without augmentation macro F1 0.65-0.71
     assert (pred == truth).mean() >= 0.75
     assert f1_score(truth, pred, average="macro") >= 0.6
 
@@ -71,41 +71,6 @@ def test_rare_types_are_kept_and_predicted(synth):
     assert "rare" not in m10.cell_types
     # a rare type's own cells are given its label (they are its only examples)
     assert (m.predict(a[rare].copy())["label"].astype(str) == "rare").mean() >= 2 / 3
-
-
-def test_small_types_give_no_validation_cells_and_are_drawn_as_often_as_a_type_of_that_size():
-    y = np.repeat([0, 1, 2, 3], [40, 30, 9, 2])
-    tr, va = split(y, 0.1, seed=0, small=10)
-    assert not np.isin(np.flatnonzero(y >= 2), va).any()  # every cell of the 9- and 2-cell types trains
-    assert set(y[va]) == {0, 1} and len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == len(y)
-    # small=0: the rule before (types of 3 cells or more give validation cells)
-    assert 2 in y[split(y, 0.1, seed=0, small=0)[1]]
-    drawn = oversample(tr, y, 10)
-    counts = np.bincount(y[drawn], minlength=4)
-    assert counts[2] == 18 and counts[3] == 10  # each cell of a small type repeated alike: 9 x 2, 2 x 5
-    assert (counts[:2] == np.bincount(y[tr], minlength=4)[:2]).all()  # larger types drawn once
-    assert np.array_equal(np.unique(drawn), tr)
-    assert np.array_equal(oversample(tr, y, 0), tr)
-    # fewer than two types reach the size: types of 3 cells or more still give validation cells
-    y2 = np.repeat([0, 1, 2], [12, 5, 4])
-    assert set(y2[split(y2, 0.2, seed=0, small=20)[1]]) == {0, 1, 2}
-
-
-def test_small_types_are_learnt_more_reliably_across_the_shift(pbmc_split):
-    """pbmc68k_reduced across the simulated technology shift; its reference has types of 5, 8 and 11
-    cells.  Measured, seeds 0-2: macro F1 0.719 / 0.744 / 0.717 at the default against 0.761 / 0.687
-    / 0.674 with ``small_type_cells=0`` (the 5-cell naive T cells: F1 0.5 on every seed, against 0.5
-    / 0 / 0.5)."""
-    from sklearn.metrics import f1_score
-
-    ref, qry = pbmc_split
-    truth = qry.obs["bulk_labels"].astype(str)
-    for seed in (1, 2):
-        f1 = f1_score(truth, schash.train(ref, cell_type_key="bulk_labels", seed=seed, progress=False)
-                      .predict(qry)["label"].astype(str), average="macro")
-        assert f1 >= 0.70, seed
-    with pytest.raises(schash.InputError, match="small_type_cells"):
-        schash.train(ref, cell_type_key="bulk_labels", small_type_cells=-1, progress=False)
 
 
 def test_augmentation_keeps_zeros_and_is_reproducible():

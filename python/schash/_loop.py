@@ -40,8 +40,6 @@ class TrainConfig:
     min_epochs: int = 10
     warmup_epochs: int = 5
     num_threads: int | None = None
-    # types with fewer training cells: none held out for validation, drawn as if they had this many
-    small_type: int = 10
     dense_limit_bytes: int = 1 << 30
     # augmentation that imitates technology shifts (log-expression inputs only); 0 turns a part off
     augment: float = 0.0  # fraction of training cells augmented in each epoch
@@ -76,13 +74,11 @@ def sizes_from_data(n_train: int, cfg: TrainConfig) -> tuple[int, int, int]:
     return bs, epochs, patience
 
 
-def split(y: np.ndarray, fraction: float, seed: int, small: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def split(y: np.ndarray, fraction: float, seed: int, min_cells: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """Stratified train/validation indices: one validation cell or more of each type that has at
-    least ``max(3, small)`` cells; rarer types are kept whole for training (at least 3 where
-    fewer than two types reach ``small``)."""
+    least ``min_cells`` cells; rarer types are kept whole for training."""
     idx = np.arange(len(y))
     types, counts = np.unique(y, return_counts=True)
-    min_cells = max(3, small) if (counts >= max(3, small)).sum() >= 2 else 3
     pool = idx[np.isin(y, types[counts >= min_cells])]
     n_types = int((counts >= min_cells).sum())
     if n_types < 2:  # too few cells to validate by type: a plain random split
@@ -92,19 +88,6 @@ def split(y: np.ndarray, fraction: float, seed: int, small: int = 0) -> tuple[np
     n_val = min(max(int(round(fraction * len(pool))), n_types), len(pool) - n_types)
     tr, va = train_test_split(pool, test_size=n_val, stratify=y[pool], random_state=seed)
     return np.sort(np.concatenate([tr, idx[~np.isin(idx, pool)]])), np.sort(va)
-
-
-def oversample(tr: np.ndarray, y: np.ndarray, small: int) -> np.ndarray:
-    """``tr`` with the cells of each type that has fewer than ``small`` of them repeated until it has
-    at least ``small`` rows, so that an epoch draws a rare type's cells, each perturbed anew by the
-    augmentation, about as often as a type of ``small`` cells (the class weights, computed on the
-    repeated rows, keep the type's share of the loss)."""
-    if small <= 1:
-        return tr
-    types, counts = np.unique(y[tr], return_counts=True)
-    extra = [np.repeat(tr[y[tr] == t], int(np.ceil(small / c)) - 1) for t, c in zip(types, counts, strict=True)
-             if c < small]
-    return np.sort(np.concatenate([tr, *extra])) if extra else tr
 
 
 def predict_anchor(out: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
@@ -282,8 +265,7 @@ def _train(X, y, anchors, *, cfg, seed, device, progress, log_scale):
     rng = np.random.default_rng(seed)
     dev = resolve_device(device)
     n_types = anchors.shape[0]
-    tr, va = split(y, cfg.val_fraction, seed, cfg.small_type)
-    tr = oversample(tr, y, cfg.small_type)
+    tr, va = split(y, cfg.val_fraction, seed)
     bs, epochs, patience = sizes_from_data(len(tr), cfg)
     rows = _Rows(X, cfg, log_scale)
     gen = torch.Generator().manual_seed(seed)

@@ -36,7 +36,6 @@ def _check_train_args(a: dict) -> None:
     _args.choice("transform", a["transform"], TRANSFORMS)
     _args.choice("scale", a["scale"], SCALES)
     _args.whole("min_cells_per_type", a["min_cells_per_type"])
-    _args.whole("small_type_cells", a["small_type_cells"], minimum=0, hint=" (0: no special handling)")
     _args.whole("max_cells_per_type", a["max_cells_per_type"], none_ok=True, hint=" (None: every cell)")
     _args.whole("batch_size", a["batch_size"], none_ok=True, hint=" (None: chosen from the data size)")
     _args.whole("max_epochs", a["max_epochs"], none_ok=True, hint=" (None: chosen from the data size)")
@@ -72,7 +71,6 @@ def train(
     transform: Literal["log", "rank"] = "log",
     scale: Literal["reference", "batch"] = "reference",
     min_cells_per_type: int = 1,
-    small_type_cells: int = 10,
     max_cells_per_type: int | None = None,
     reference_keys: list[str] | None = None,
     hidden: tuple[int, ...] = (128, 64),
@@ -125,16 +123,8 @@ def train(
         turns it off.  Measured in ``bench/accuracy.py`` (``schash-noaug``).
     min_cells_per_type
         Types with fewer reference cells are dropped with a warning.  The default keeps every
-        type: a type with a handful of cells is still learnt (class-balanced loss, see
-        ``small_type_cells``), where dropping it makes all its query cells wrong.
-    small_type_cells
-        A type with fewer reference cells is trained on all of them (none held out for
-        validation and calibration) and drawn, each time freshly perturbed by ``augment``, as
-        often in each epoch as a type of this many cells.  ``0``: every type of 3 cells or more
-        gives validation cells and each cell is drawn once per epoch.  Measured on the
-        cross-batch pancreas tasks of ``bench/accuracy.py`` (five technologies, types of 1-9
-        reference cells; seeds 0-4): mean macro F1 0.707 against 0.677 with ``0``; tasks
-        without such types are unchanged (``schash-small0``).
+        type: a type with a handful of cells is still learnt (class-balanced loss, never in the
+        validation split below 3 cells), where dropping it makes all its query cells wrong.
     basis
         An ``obsm`` key of the reference's 2-D embedding (``"X_umap"``): the model keeps it as a
         reference map, and :func:`annotate` places query cells on it (``obsm["X_schash_umap"]``;
@@ -196,10 +186,9 @@ def train(
         del expr
         anchors = make_anchors(len(types), n_bits, seed)
         cfg = TrainConfig(hidden=tuple(hidden), dropout=dropout, lr=lr, batch_size=batch_size,
-                          max_epochs=max_epochs, num_threads=num_threads, augment=augment,
-                          small_type=small_type_cells)
+                          max_epochs=max_epochs, num_threads=num_threads, augment=augment)
         log_scale = transform == "log"
-        val_idx = split(y, cfg.val_fraction, seed, cfg.small_type)[1]  # the network's validation cells
+        val_idx = split(y, cfg.val_fraction, seed)[1]  # the network's validation cells (its own split)
         X_ref = X.restat(np.zeros(len(y), dtype=np.int64), pre.ref_mean[None], pre.ref_std[None])
         module, history, novelty = _train_with_novelty(
             X, X_ref, y, anchors, val_idx, cfg=cfg, seed=seed, device=device, progress=progress,
@@ -220,8 +209,7 @@ def train(
         bc = pd.Categorical(b_all[in_db])
         ref_batches, batch_categories = bc.codes.astype(np.int64), [str(c) for c in bc.categories]
     params = dict(n_bits=n_bits, n_top_genes=n_top_genes, transform=transform, scale=scale, seed=seed,
-                  min_cells_per_type=min_cells_per_type, small_type_cells=small_type_cells, hidden=list(hidden),
-                  dropout=dropout, lr=lr,
+                  min_cells_per_type=min_cells_per_type, hidden=list(hidden), dropout=dropout, lr=lr,
                   prune_quantile=prune_quantile, novelty_alpha=novelty_alpha, cell_type_key=cell_type_key,
                   batch_key=batch_key, layer=layer, n_training_cells=int(len(y)),
                   max_cells_per_type=max_cells_per_type, augment=float(augment),
