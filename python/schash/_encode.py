@@ -25,7 +25,6 @@ import pandas as pd
 from scipy import sparse
 
 from . import _args, _hamming
-from ._centrality import Centrality
 from ._data import Source
 from ._novelty import NoveltyScorer, margins
 from ._preprocess import Preprocessor
@@ -48,7 +47,6 @@ class Encoded:
     projected: np.ndarray | None = None  # cells × (PCA + residual) in the novelty scorer's space
     gene_mapping: dict | None = None  # how the input's genes were matched to the model's (schash._genes)
     prototype: np.ndarray | None = None  # each cell's nearest type prototype (index); None without prototypes
-    centrality: np.ndarray | None = None  # p-values in (0, 1] (schash._centrality); None where the model has none
 
 
 @dataclass
@@ -178,7 +176,6 @@ class Encoder:
     anchors: np.ndarray
     novelty: NoveltyScorer | None = None
     prototypes: np.ndarray | None = None  # types × last hidden layer, unit rows
-    centrality: Centrality | None = None  # needs the prototypes
 
     def scaled(self, src: Source, **kwargs) -> ScaledPass:
         """The first pass over ``src`` (arguments of :class:`ScaledPass`)."""
@@ -189,27 +186,24 @@ class Encoder:
         out = [_hamming.pack(self.module.logits_sparse(X.slice(s, s + chunk))) for s in range(0, X.shape[0], chunk)]
         return np.concatenate(out) if out else np.zeros((0, self.anchors.shape[1] // 8), np.uint8)
 
-    def block(self, block: Scaled) -> tuple:
-        """Packed codes, projected coordinates, typicality, nearest type prototype and centrality of one
-        chunk of scaled rows (the last four None where the encoder has no novelty scorer, prototypes or
-        centrality).
+    def block(self, block: Scaled) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """Packed codes, projected coordinates, typicality and nearest type prototype of one chunk of
+        scaled rows (the last three None where the encoder has no novelty scorer or prototypes).
 
         Every value is per cell, computed from the chunk alone: chunks can be encoded anywhere
         (a Dask worker) and give what they give here.
         """
         first = self.module.net[0]
         if self.novelty is None:
-            logits, proto, central = self._outputs(block.linear(first.weight.detach().numpy(),
-                                                                first.bias.detach().numpy()))
-            return _hamming.pack(logits), None, None, proto, central  # sign(tanh(x)) == sign(x)
+            logits, proto = self._outputs(block.linear(first.weight.detach().numpy(), first.bias.detach().numpy()))
+            return _hamming.pack(logits), None, None, proto  # sign(tanh(x)) == sign(x)
         # typicality is judged against the reference's own scale, whatever `scale` the network uses
         pre = self.pre
         ref = block if pre.scale == "reference" else block.restat(
             np.zeros(block.shape[0], dtype=np.int64), pre.ref_mean[None], pre.ref_std[None])
         h, coords = self._first_and_projection(block, ref)
-        logits, proto, central = self._outputs(h)
-        return (_hamming.pack(logits), coords, self.novelty.typicality(coords, margins(logits, self.anchors)), proto,
-                central)
+        logits, proto = self._outputs(h)
+        return _hamming.pack(logits), coords, self.novelty.typicality(coords, margins(logits, self.anchors)), proto
 
     def _first_and_projection(self, block: Scaled, ref_block: Scaled) -> tuple[np.ndarray, np.ndarray]:
         """The network's first-layer outputs and the novelty scorer's projection of a block; one sparse
@@ -224,14 +218,13 @@ class Encoder:
         n = w1.shape[0]
         return h[:, :n], nov.project_from(h[:, n:], block.sq_dist(nov.center))
 
-    def _outputs(self, first: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """Pre-tanh outputs from the first layer's; with prototypes each cell's nearest one (largest
-        cosine with the last hidden layer: the prototypes are unit rows), and its centrality there."""
+    def _outputs(self, first: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Pre-tanh outputs from the first layer's, and with prototypes each cell's nearest one
+        (largest cosine with the last hidden layer: the prototypes are unit rows)."""
         if self.prototypes is None:
-            return self.module.logits_from_first(first), None, None
+            return self.module.logits_from_first(first), None
         hidden, logits = self.module.hidden_and_logits_from_first(first)
-        proto = (hidden @ self.prototypes.T).argmax(1)
-        return logits, proto, self.centrality.p_values(hidden, proto) if self.centrality is not None else None
+        return logits, (hidden @ self.prototypes.T).argmax(1)
 
     def run(self, src: Source, *, keep_projected: bool = False, progress: bool = False, **kwargs) -> Encoded:
         """Encode every cell of ``src``: codes and, with a novelty scorer, typicality (and with
@@ -253,5 +246,4 @@ def assemble(cells, parts, empty, n_genes_matched, kind, keep_projected, gene_ma
     typ = np.concatenate([p[2] for p in parts]) if parts[0][2] is not None else None
     projected = np.concatenate([p[1] for p in parts]) if keep_projected and parts[0][1] is not None else None
     proto = np.concatenate([p[3] for p in parts]) if parts[0][3] is not None else None
-    central = np.concatenate([p[4] for p in parts]) if parts[0][4] is not None else None
-    return Encoded(cells, codes, typ, empty, n_genes_matched, kind, projected, gene_mapping, proto, central)
+    return Encoded(cells, codes, typ, empty, n_genes_matched, kind, projected, gene_mapping, proto)

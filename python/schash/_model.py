@@ -18,7 +18,6 @@ import pandas as pd
 
 from . import _args, _docs, _hamming
 from ._anchors import min_pairwise_distance
-from ._centrality import Centrality
 from ._data import UNASSIGNED, Source
 from ._encode import Encoded, Encoder
 from ._errors import InputError, LabelKeyError, ModelFileError
@@ -51,7 +50,6 @@ class SchashModel:
     ref_map: ReferenceMap | None = None  # the reference's 2-D embedding, see set_reference_map()
     levels: Hierarchy | None = None  # label levels, coarsest first (schash._levels); None: one level
     prototypes: np.ndarray | None = None  # types × last hidden layer: each type's unit mean (method="prototype")
-    centrality: Centrality | None = None  # a factor of confidence (schash._centrality); None in older files
 
     # -- properties -----------------------------------------------------------------------
     @property
@@ -69,7 +67,7 @@ class SchashModel:
     @property
     def encoder(self) -> Encoder:
         """The model's one encoder (:mod:`schash._encode`)."""
-        return Encoder(self.pre, self.module, self.anchors, self.novelty, self.prototypes, self.centrality)
+        return Encoder(self.pre, self.module, self.anchors, self.novelty, self.prototypes)
 
     def __repr__(self) -> str:
         return (
@@ -123,10 +121,7 @@ class SchashModel:
         the called type's anchor), ``delta_next`` (gap to the second-nearest anchor), ``typicality`` (how typical the
         cell is of the reference, a p-value in (0, 1]) and ``confidence`` in [0, 1]: the
         code's closeness to its anchor (``"prototype"``, ``"anchor"``) or the winning vote fraction
-        among the ``k`` nearest reference cells (``method="knn"``), times ``min(1, typicality / 0.5)``
-        and, for models trained since it was added, ``min(1, centrality / 0.5)``: how central the cell's
-        last hidden layer is in its nearest prototype's type, a p-value like the typicality
-        (:mod:`schash._centrality`), which ranks cells of types the reference lacks lower.
+        among the ``k`` nearest reference cells (``method="knn"``), times ``min(1, typicality / 0.5)``.
         A model trained on label levels adds ``label_<level>``, ``pruned_label_<level>`` and
         ``confidence_<level>`` for each level, ``resolved_label`` and ``resolved_level`` (:mod:`schash._levels`).
 
@@ -177,11 +172,8 @@ class SchashModel:
         labels = np.asarray(self.cell_types, dtype=object)[best]
         # cells more typical than half of the held-out reference cells keep their code score;
         # less typical ones are scaled down in proportion (this ranks left-out types lowest
-        # on the benchmark's held-out-type tasks; see bench/accuracy.py), and so are cells less
-        # central in their nearest prototype's type than half of them (schash._centrality)
+        # on the benchmark's held-out-type tasks; see bench/accuracy.py)
         factor = np.minimum(1.0, enc.typicality / 0.5)
-        if enc.centrality is not None:
-            factor = factor * np.minimum(1.0, enc.centrality / 0.5)
         confidence = code_score * factor
         trusted = (enc.typicality >= self.novelty_alpha) & ~enc.empty
         keep = ~far & trusted

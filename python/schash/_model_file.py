@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._centrality import Centrality
 from ._levels import Hierarchy
 from ._module import HashMLP
 from ._novelty import NoveltyScorer
@@ -38,8 +37,6 @@ def state(model) -> tuple[dict, dict]:
         tensors.update(model.ref_map.to_tensors())
     if model.prototypes is not None:
         tensors["prototypes"] = np.ascontiguousarray(model.prototypes, dtype=np.float32)
-    if model.centrality is not None:
-        tensors.update({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in model.centrality.to_tensors().items()})
     meta = {
         "cell_types": list(model.cell_types),
         "batch_categories": model.batch_categories,
@@ -85,5 +82,4 @@ def from_state(cls, t: dict, meta: dict):
         ref_map=ReferenceMap.from_tensors(t, meta["ref_map"]) if meta.get("ref_map") else None,
         levels=Hierarchy.from_meta(meta["levels"]) if meta.get("levels") else None,
         prototypes=t.get("prototypes"),  # absent from files saved before method="prototype"
-        centrality=Centrality.from_tensors(t) if "prototypes" in t else None,  # None in older files
     )

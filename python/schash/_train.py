@@ -17,7 +17,6 @@ import pandas as pd
 
 from . import _args, _hamming, _levels, _refmap
 from ._anchors import make_anchors
-from ._centrality import HiddenMoments, fit_centrality
 from ._data import Source
 from ._encode import Encoder
 from ._errors import InputError
@@ -191,13 +190,12 @@ def train(
         log_scale = transform == "log"
         val_idx = split(y, cfg.val_fraction, seed)[1]  # the network's validation cells (its own split)
         X_ref = X.restat(np.zeros(len(y), dtype=np.int64), pre.ref_mean[None], pre.ref_std[None])
-        module, history, novelty, cal_hidden = _train_with_novelty(
+        module, history, novelty = _train_with_novelty(
             X, X_ref, y, anchors, val_idx, cfg=cfg, seed=seed, device=device, progress=progress,
             log_scale=log_scale, scale=scale)
         threshold = _prune_threshold(module, calibration_rows(X, cfg, log_scale, seed + PRUNE_STREAM), val_idx,
                                      anchors, prune_quantile)
-        prototypes, moments = type_prototypes(module, X, y, len(types))
-        centrality = fit_centrality(moments, cal_hidden, prototypes) if moments is not None else None
+        prototypes = type_prototypes(module, X, y, len(types))
         del X, X_ref
         # the reference database: every reference cell of a known type with expression, encoded
         # as queries are (reference batches scaled on their own under scale="batch")
@@ -228,26 +226,24 @@ def train(
         ref_map=_refmap.build(enc, coords, basis=basis, seed=seed) if coords is not None else None,
         params=params, history=history,
         levels=_levels.Hierarchy.from_labels(level_table, types) if level_table is not None else None,
-        prototypes=prototypes, centrality=centrality,
+        prototypes=prototypes,
     )
 
 
-def type_prototypes(module, X, y: np.ndarray, n_types: int,
-                    chunk: int = 8192) -> tuple[np.ndarray | None, HiddenMoments | None]:
+def type_prototypes(module, X, y: np.ndarray, n_types: int, chunk: int = 8192) -> np.ndarray | None:
     """Each type's mean of the network's last hidden layer over its training cells (as the network
     sees them, without augmentation), scaled to unit length: what ``method="prototype"`` compares
-    a query cell's own hidden layer with (by cosine); and the moments the centrality is fitted
-    from (:mod:`schash._centrality`).  None for a network without hidden layers."""
+    a query cell's own hidden layer with (by cosine).  None for a network without hidden layers."""
     if not module.config["hidden"]:
-        return None, None
+        return None
     first = module.net[0]
     w1, b1 = first.weight.detach().numpy(), first.bias.detach().numpy()
-    moments = HiddenMoments(n_types, module.config["hidden"][-1])
+    sums = np.zeros((n_types, module.config["hidden"][-1]))
     for s in range(0, len(y), chunk):
         hidden, _ = module.hidden_and_logits_from_first(X.slice(s, s + chunk).linear(w1, b1))
-        moments.add(hidden, y[s : s + chunk])
-    means = moments.means()
-    return (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)).astype(np.float32), moments
+        np.add.at(sums, y[s : s + chunk], hidden.astype(np.float64))
+    means = sums / np.maximum(np.bincount(y, minlength=n_types), 1)[:, None]
+    return (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 PRUNE_STREAM = 7  # the prune threshold's augmentation draws: a random stream of their own
@@ -271,23 +267,15 @@ def _train_with_novelty(X, X_ref, y, anchors, val_idx, *, cfg, seed, device, pro
     """Train the network and fit the novelty scorer side by side: the scorer's PCA, bank and
     calibration distances do not need the network, so they run in a second thread while it
     trains (on 2 cores, ~0.6 s of a 10,000-cell reference's training); only the margins wait
-    for it.  Returns (module, history, novelty scorer, the calibration cells' last hidden layer, in
-    the order of their margins, for the centrality): the same as one after the other."""
+    for it.  Returns (module, history, novelty scorer): the same as one after the other."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
     trained: Future = Future()
-    cal_hidden: list[np.ndarray] = []
-
-    def logits(z):  # the calibration cells' outputs; their last hidden layer is kept, in order
-        hidden, out = trained.result().hidden_and_logits_dense(z)
-        cal_hidden.append(hidden)
-        return out
-
     with ThreadPoolExecutor(1, thread_name_prefix="schash-novelty") as pool:
         novelty = pool.submit(
             fit_novelty, X_ref, y, np.setdiff1d(np.arange(len(y)), val_idx), seed=seed, anchors=anchors,
             calibration_rows=calibration_rows(X_ref, cfg, log_scale, seed),
-            logits=logits,
+            logits=lambda z: trained.result().logits_dense(z),
             margin_rows=calibration_rows(X, cfg, log_scale, seed) if scale == "batch" else None)
         try:
             module, history, net_val_idx = train_network(X, y, anchors, cfg=cfg, seed=seed, device=device,
@@ -298,8 +286,7 @@ def _train_with_novelty(X, X_ref, y, anchors, val_idx, *, cfg, seed, device, pro
         trained.set_result(module)
         if not np.array_equal(net_val_idx, val_idx):
             raise RuntimeError("schash: the network's validation split differs from the novelty scorer's")
-        scorer = novelty.result()
-        return module, history, scorer, np.concatenate(cal_hidden)
+        return module, history, novelty.result()
 
 
 def _check_device(device) -> None:

@@ -228,16 +228,8 @@ def check_tensors(meta, t: dict, path) -> None:
         c.tensor(t, "ref_map.coords", (map_bank.shape[0], 2), np.float32)
         known |= {"ref_map.bank", "ref_map.coords"}
     if "prototypes" in t:  # each type's unit mean hidden layer (method="prototype"); older files lack it
-        width = mod["hidden"][-1] if mod["hidden"] else None
-        c.tensor(t, "prototypes", (n_types, width), np.float32)
+        c.tensor(t, "prototypes", (n_types, mod["hidden"][-1] if mod["hidden"] else None), np.float32)
         known.add("prototypes")
-        if "centrality.means" in t:  # a factor of confidence (schash._centrality); older files lack it
-            c.tensor(t, "centrality.means", (n_types, width), np.float32)
-            c.tensor(t, "centrality.whitening", (width, width), np.float32)
-            cal = c.tensor(t, "centrality.calibration", (None,), np.float32)
-            if cal.size < 1 or (np.diff(cal) < 0).any():
-                c.fail("tensor 'centrality.calibration' must be a non-empty sorted list")
-            known |= {"centrality.means", "centrality.whitening", "centrality.calibration"}
     unknown = sorted(k for k in set(t) - known if not k.startswith("novelty."))  # the scorer picks its own
     for name in sorted(k for k in set(t) - known if k.startswith("novelty.")):
         if t[name].dtype.kind == "f" and not np.isfinite(t[name]).all():
