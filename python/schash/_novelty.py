@@ -7,7 +7,9 @@ alone cannot flag it.  Two views are combined:
 *Expression.*  A small, stratified bank of reference cells is kept in a PCA of the
 reference-scaled features, each cell as its PCA coordinates plus, as one more
 coordinate, the norm of its residual off the PCA subspace (a new type's own marker
-genes land there).  A cell's distance to the reference is the mean distance to its
+genes land there).  Where the reference has batches, the PCA is fitted with each type's
+batches moved onto the type's mean (:func:`batch_adjusted`), so its axes follow cells and
+types rather than the reference's own technologies.  A cell's distance to the reference is the mean distance to its
 ``k`` nearest bank cells after every vector is scaled to unit length (``metric="cosine"``):
 the *direction* of a cell's deviation from the reference mean says which type it
 resembles, while its length grows with any technology shift — which made known cells
@@ -163,9 +165,15 @@ def margins(logits: np.ndarray, anchors: np.ndarray) -> np.ndarray:
 
 
 def fit_novelty(X, y: np.ndarray, train_idx: np.ndarray, *, seed: int, calibration_rows, logits,
-                anchors: np.ndarray, margin_rows=None, n_comps: int = 30, bank_size: int = 1000, k: int = 10,
-                n_calibration: int = 20000) -> NoveltyScorer:
+                anchors: np.ndarray, margin_rows=None, batches: np.ndarray | None = None, n_comps: int = 30,
+                bank_size: int = 1000, k: int = 10, n_calibration: int = 20000) -> NoveltyScorer:
     """Fit the PCA on (a sample of) the training cells, build the bank and calibrate.
+
+    With the reference's ``batches`` (one per cell of ``y``) the PCA is fitted on the cells with
+    each type's cells of each batch moved to that type's mean over all batches
+    (:func:`batch_adjusted`), so that its axes follow how cells and types differ rather than how
+    the reference's own batches (technologies) do; the bank, the calibration and every query are
+    projected as they are.
 
     ``calibration_rows(idx)`` returns the reference rows ``idx`` as they are calibrated on
     (augmented when the network was trained with augmentation), ``logits(rows)`` the
@@ -176,6 +184,8 @@ def fit_novelty(X, y: np.ndarray, train_idx: np.ndarray, *, seed: int, calibrati
     rng = np.random.default_rng(seed)
     fit_idx = np.sort(rng.choice(train_idx, min(len(train_idx), 20000), replace=False))
     rows = X.rows(fit_idx)
+    if batches is not None:
+        rows = batch_adjusted(rows, y[fit_idx], np.asarray(batches)[fit_idx])
     n_comps = int(min(n_comps, rows.shape[1] - 1, rows.shape[0] - 1))
     # two power iterations (scikit-learn's default is 7): the bank, the calibration and every query share
     # this one projection, so a rougher subspace shifts no p-value; on the benchmark's left-out-type tasks
@@ -205,6 +215,25 @@ def fit_novelty(X, y: np.ndarray, train_idx: np.ndarray, *, seed: int, calibrati
     scorer.margin_calibration = np.sort(m)
     scorer.joint_calibration = joint_calibration(d, m)  # cell i's distance and margin: d[i], m[i]
     return scorer
+
+
+def batch_adjusted(rows: np.ndarray, y: np.ndarray, batches: np.ndarray) -> np.ndarray:
+    """A copy of ``rows`` with the cells of each type in each batch moved, together, to the type's mean
+    over all batches: the batches' offsets within every type removed, the types' own means and each
+    cell's deviation from its group kept (so the overall mean is unchanged).  A type seen in one
+    batch only (and so a reference of one batch) is left as it is."""
+    batch = np.unique(np.asarray(batches).astype(str), return_inverse=True)[1]
+    out = np.array(rows, dtype=np.float32)
+    for t in np.unique(y):
+        of_t = np.flatnonzero(y == t)
+        in_batch = batch[of_t]
+        if len(np.unique(in_batch)) < 2:
+            continue
+        type_mean = out[of_t].mean(0, dtype=np.float64)
+        for b in np.unique(in_batch):
+            group = of_t[in_batch == b]
+            out[group] += (type_mean - out[group].mean(0, dtype=np.float64)).astype(np.float32)
+    return out
 
 
 def _stratified(idx: np.ndarray, y: np.ndarray, size: int, rng) -> np.ndarray:

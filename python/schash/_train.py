@@ -104,8 +104,10 @@ def train(
         the finest level; every finer type must lie in one coarser type, and calls are made at
         every level, in agreement (see :mod:`schash._levels`).
     batches, batch_key
-        Optional batches (vector or ``obs`` column): gene selection is batch-aware and, with
-        ``scale="batch"``, every batch is standardised on its own.
+        Optional batches (vector or ``obs`` column): gene selection is batch-aware, the
+        typicality's expression axes are fitted without the batches' offsets within each type
+        (:func:`schash._novelty.batch_adjusted`) and, with ``scale="batch"``, every batch is
+        standardised on its own.
     n_bits
         Length K of the hash codes (a multiple of 8; a power of two gives Hadamard anchors).
     n_top_genes
@@ -192,7 +194,7 @@ def train(
         X_ref = X.restat(np.zeros(len(y), dtype=np.int64), pre.ref_mean[None], pre.ref_std[None])
         module, history, novelty = _train_with_novelty(
             X, X_ref, y, anchors, val_idx, cfg=cfg, seed=seed, device=device, progress=progress,
-            log_scale=log_scale, scale=scale)
+            log_scale=log_scale, scale=scale, batches=b_str)
         threshold = _prune_threshold(module, calibration_rows(X, cfg, log_scale, seed + PRUNE_STREAM), val_idx,
                                      anchors, prune_quantile)
         prototypes = type_prototypes(module, X, y, len(types))
@@ -263,7 +265,8 @@ def _prune_threshold(module, rows, val_idx: np.ndarray, anchors: np.ndarray, qua
     return int(np.clip(np.ceil(np.quantile(dist, quantile)), n_bits // 8, 3 * n_bits // 8 - 1))
 
 
-def _train_with_novelty(X, X_ref, y, anchors, val_idx, *, cfg, seed, device, progress, log_scale, scale):
+def _train_with_novelty(X, X_ref, y, anchors, val_idx, *, cfg, seed, device, progress, log_scale, scale,
+                        batches=None):
     """Train the network and fit the novelty scorer side by side: the scorer's PCA, bank and
     calibration distances do not need the network, so they run in a second thread while it
     trains (on 2 cores, ~0.6 s of a 10,000-cell reference's training); only the margins wait
@@ -276,7 +279,7 @@ def _train_with_novelty(X, X_ref, y, anchors, val_idx, *, cfg, seed, device, pro
             fit_novelty, X_ref, y, np.setdiff1d(np.arange(len(y)), val_idx), seed=seed, anchors=anchors,
             calibration_rows=calibration_rows(X_ref, cfg, log_scale, seed),
             logits=lambda z: trained.result().logits_dense(z),
-            margin_rows=calibration_rows(X, cfg, log_scale, seed) if scale == "batch" else None)
+            margin_rows=calibration_rows(X, cfg, log_scale, seed) if scale == "batch" else None, batches=batches)
         try:
             module, history, net_val_idx = train_network(X, y, anchors, cfg=cfg, seed=seed, device=device,
                                                          progress=progress, log_scale=log_scale)
