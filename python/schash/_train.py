@@ -146,8 +146,9 @@ def train(
         Calls whose typicality (p-value) is below this are ``Unassigned``.  Chosen on the
         cross-batch left-out-type tasks of ``bench/accuracy.py`` (seeds 0-4; see its report):
         the targets are at least half of the cells of a type missing from the reference
-        Unassigned and at most 5% of known-type cells (0.018: 50.2% and 4.8%, with as many
-        cells of full-reference queries Unassigned as before, 6.0%).  ``confidence`` ranks the rest.
+        Unassigned and at most 5% of known-type cells (0.018: 50.6% and 4.8% in the benchmark's
+        last run, and 5.1% of the cells of full-reference cross-batch queries).  ``confidence``
+        ranks the rest.
     seed, device, num_threads, progress
         Random seed (same seed, CPU and thread count give the same model),
         ``"auto"``/``"cpu"``/``"cuda"``, torch CPU threads while training (``None``: one
