@@ -9,11 +9,11 @@ reference-scaled features, each cell as its PCA coordinates plus, as one more
 coordinate, the norm of its residual off the PCA subspace (a new type's own marker
 genes land there).  Where the reference has batches, the PCA is fitted with each type's
 batches moved onto the type's mean (:func:`batch_adjusted`), so its axes follow cells and
-types rather than the reference's own technologies.  A cell's distance to the reference is the mean distance to its
-``k`` nearest bank cells after every vector is scaled to unit length (``metric="cosine"``):
-the *direction* of a cell's deviation from the reference mean says which type it
-resembles, while its length grows with any technology shift — which made known cells
-from another technology look new when plain distances were used.
+types rather than the reference's own technologies.  A cell's distance to the reference is
+the mean distance to its ``k`` nearest bank cells after every vector is scaled to unit length
+(``metric="cosine"``): the *direction* of a cell's deviation from the reference mean says
+which type it resembles, while its length grows with any technology shift — which made
+known cells from another technology look new when plain distances were used.
 
 *Network.*  The margin is the mean agreement between the pre-tanh output and the
 anchor the cell is assigned to: cells the network has learned to place sit deep on
