@@ -12,8 +12,10 @@
 #'   data.frame / list with one vector of labels per level.  One model learns the finest
 #'   level; every finer type must lie in one coarser type (an error names those that do not),
 #'   and [schash_annotate()] then calls every level, in agreement.
-#' @param batch Optional batches, given like `cell_type`; gene selection and
-#'   scaling are then done per batch.
+#' @param batch Optional batches, given like `cell_type`: gene selection is then
+#'   batch-aware, the typicality's expression axes are fitted without the batches'
+#'   offsets within each cell type, and with `scale = "batch"` each batch is
+#'   standardised on its own.
 #' @param assay Seurat assay (default: the default assay) or SCE assay (default:
 #'   `counts`, else `logcounts`).
 #' @param layer Seurat layer / slot (`counts` or `data`; default: `counts` when present).
