@@ -107,3 +107,21 @@ def test_a_type_missing_from_the_reference_is_flagged_across_the_shift(pbmc_spli
     assert roc_auc_score(novel, 1 - pred["confidence"]) >= 0.8
     assert unassigned[novel].mean() >= 0.4
     assert unassigned[~novel].mean() <= 0.06
+
+
+def test_a_left_out_type_close_to_a_known_one_still_ranks_below_the_known_types(pbmc_split):
+    """NK cells left out of a reference with close T-cell subtypes, across the same shift: the
+    confidence must still rank them below the known cells.  This is where scorers that weigh how
+    ambiguous a call is fail — the known subtypes' cells are ambiguous too, while NK cells look
+    unambiguously like cytotoxic T cells: a hidden-layer centrality (AUROC 0.50-0.58 over seeds
+    0-2) and a classifier's probability on the expression view (0.44-0.58) ranked the benchmark's
+    cross-batch tasks better and these worse than today's scorer (seeds 0-2: 0.675 / 0.612 / 0.640;
+    bench/accuracy.py reports the same tasks as its fine-grained guard)."""
+    from sklearn.metrics import roc_auc_score
+
+    ref, qry = pbmc_split
+    model = schash.train(ref[ref.obs["bulk_labels"] != "CD56+ NK"].copy(), cell_type_key="bulk_labels",
+                         progress=False)
+    pred = model.predict(qry)
+    novel = (qry.obs["bulk_labels"] == "CD56+ NK").to_numpy()
+    assert roc_auc_score(novel, 1 - pred["confidence"]) >= 0.6
