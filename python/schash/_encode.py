@@ -203,7 +203,8 @@ class Encoder:
             np.zeros(block.shape[0], dtype=np.int64), pre.ref_mean[None], pre.ref_std[None])
         h, coords = self._first_and_projection(block, ref)
         logits, proto = self._outputs(h)
-        return _hamming.pack(logits), coords, self.novelty.typicality(coords, margins(logits, self.anchors)), proto
+        codes = _hamming.pack(logits)
+        return codes, coords, self.novelty.typicality(coords, margins(logits, self.anchors, codes)), proto
 
     def _first_and_projection(self, block: Scaled, ref_block: Scaled) -> tuple[np.ndarray, np.ndarray]:
         """The network's first-layer outputs and the novelty scorer's projection of a block; one sparse

@@ -47,6 +47,7 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
+from . import _hamming
 from ._scaled import dot_rows
 
 METRICS = ("cosine", "euclidean")
@@ -158,10 +159,13 @@ def joint_calibration(distances: np.ndarray, margin_values: np.ndarray) -> np.nd
     return np.sort(fisher(p_expr, p_margin)).astype(np.float32)
 
 
-def margins(logits: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-    """Mean agreement of pre-tanh outputs with their nearest anchor."""
-    best = ((logits > 0).astype(np.float32) * 2 - 1) @ anchors.T
-    return (logits * anchors[best.argmax(1)]).mean(1)
+def margins(logits: np.ndarray, anchors: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:
+    """Mean agreement of pre-tanh outputs with their nearest anchor (by Hamming distance of the
+    outputs' signs, ties to the lower index).  ``codes``: the outputs already packed, if at hand;
+    the search runs over their distinct values."""
+    codes = _hamming.pack(logits) if codes is None else codes
+    best = _hamming.nearest_anchor(codes, _hamming.pack(anchors))[0]
+    return (logits * anchors[best]).mean(1)
 
 
 def fit_novelty(X, y: np.ndarray, train_idx: np.ndarray, *, seed: int, calibration_rows, logits,

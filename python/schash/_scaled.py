@@ -138,12 +138,18 @@ class Scaled:
                 torch.from_numpy(F.indices.astype(np.int32, copy=False)))
 
     @functools.cached_property
+    def _cols(self) -> np.ndarray:
+        """The column of every stored value as a native index: NumPy gathers by int32 indices at about
+        half the speed (the parts and the squared distances gather three times per value)."""
+        return self._csr.indices.astype(np.intp)
+
+    @functools.cached_property
     def _parts(self):
         """(base: groups × genes value of z where x is 0, z at the stored values, b at the stored values)."""
         F, mean, std, clip = self._csr, self.mean, self.std, self.clip
         base = np.clip(-mean / std, -clip, clip).astype(np.float32)
         base[:, ~self.present] = 0.0
-        cols = F.indices
+        cols = self._cols
         inv_sd, shift = (1.0 / std).astype(np.float32), (mean / std).astype(np.float32)
         if mean.shape[0] == 1:  # one group: plain 1-d gathers are much faster than 2-d ones
             a, c = inv_sd[0][cols], shift[0][cols]
@@ -176,7 +182,7 @@ class Scaled:
     def sq_dist(self, center: np.ndarray) -> np.ndarray:
         """``||z - center||^2`` for every row."""
         base, z, b = self._parts
-        cols = self._csr.indices
+        cols = self._cols
         bc = base - center
         const = (bc * bc).sum(1)
         at = center[cols]  # one gather, and each step in place: the same sums, fewer passes
