@@ -28,7 +28,7 @@ Tasks
   ``1 - typicality`` and CellTypist ``1 - max probability`` for the left-out cells, and the
   fractions of left-out / known-type cells schash leaves ``Unassigned`` (schash trained with
   each seed of ``--seeds``; the targets are judged on the mean over seeds).
-* Fine-grained guard (``--no-guard`` skips it; needs no data folder): the same left-out-type
+* Fine-grained guard (full runs only; ``--no-guard`` skips it; reads nothing from ``DATA_DIR``): the same left-out-type
   tasks within one study whose reference has close subtypes — scanpy's bundled
   ``pbmc68k_reduced`` (ten sorted-population labels, T-cell subsets among them), a stratified
   60/40 split with the test suite's simulated technology shift on the query
