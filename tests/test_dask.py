@@ -45,7 +45,10 @@ def reference():
 @pytest.fixture(scope="module")
 def models(reference):
     kw = dict(cell_type_key="cell_type", batch_key="batch", max_epochs=5, progress=False)
-    return {"reference": schash.train(reference, **kw), "batch": schash.train(reference, scale="batch", **kw)}
+    y = reference.obs["cell_type"].astype(str).to_numpy()
+    few = reference[np.setdiff1d(np.arange(reference.n_obs), np.flatnonzero(y == "type_3")[6:])].copy()
+    return {"reference": schash.train(reference, **kw), "batch": schash.train(reference, scale="batch", **kw),
+            "rare": schash.train(few, **kw)}  # type_3 from 6 cells: the rare types' contest runs per chunk
 
 
 @pytest.fixture(scope="module")
@@ -144,9 +147,10 @@ def test_a_chunk_gives_the_same_bits_with_any_number_of_threads():
         assert np.array_equal(a, b)
 
 @needs_dask
-@pytest.mark.parametrize("scale", ["reference", "batch"])
+@pytest.mark.parametrize("scale", ["reference", "batch", "rare"])
 def test_cluster_gives_identical_codes_calls_and_typicality(client, models, query, scale):
     model = models[scale]
+    assert (model.rare is not None) == (scale == "rare")
     kw = dict(chunk_size=CHUNK, batch_key="batch" if scale == "batch" else None)
     one, dq = model.encoded(query, **kw), lazy(query)
     many = model.encoded(dq, **kw)
@@ -154,7 +158,7 @@ def test_cluster_gives_identical_codes_calls_and_typicality(client, models, quer
     assert np.array_equal(one.typicality, many.typicality) and np.array_equal(one.empty, many.empty)
     assert (one.kind, one.n_genes_matched) == (many.kind, many.n_genes_matched) and many.empty.sum() == 3
     assert one.cells.equals(many.cells)
-    for method in ("anchor", "knn"):
+    for method in ("auto", "anchor", "knn"):
         pd.testing.assert_frame_equal(model.predict(query, method=method, **kw),
                                       model.predict(dq, method=method, **kw), check_exact=True)
     assert np.array_equal(model.encode(query, **kw), model.encode(dq, **kw))

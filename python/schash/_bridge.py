@@ -54,8 +54,8 @@ def take_warnings() -> list[str]:
     return out
 
 
-_INT_ARGS = ("n_bits", "n_top_genes", "min_cells_per_type", "max_cells_per_type", "batch_size", "max_epochs", "seed",
-             "k", "num_threads", "chunk_size")
+_INT_ARGS = ("n_bits", "n_top_genes", "min_cells_per_type", "rare_type_cells", "max_cells_per_type", "batch_size",
+             "max_epochs", "seed", "k", "num_threads", "chunk_size")
 
 
 def _strs(x) -> list[str] | None:

@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--augment", type=float, default=0.8,
                    help="fraction of training cells given a technology-like perturbation each epoch (0: off)")
     t.add_argument("--min-cells-per-type", type=int, default=1, help="leave out types with fewer cells")
+    t.add_argument("--rare-type-cells", type=int, default=10,
+                   help="types with fewer cells are also scored by rank correlation (0: off)")
     t.add_argument("--max-epochs", type=int, default=None)
     t.add_argument("--max-cells-per-type", type=int, default=None,
                    help="train on at most this many cells of each type; the database still holds every cell")
@@ -132,6 +134,7 @@ def _train(args) -> None:
                       batch_key=args.batch_key, layer=args.layer,
                       n_bits=args.n_bits, n_top_genes=args.n_top_genes, transform=args.transform,
                       scale=args.scale, augment=args.augment, min_cells_per_type=args.min_cells_per_type,
+                      rare_type_cells=args.rare_type_cells,
                       max_epochs=args.max_epochs, max_cells_per_type=args.max_cells_per_type, seed=args.seed,
                       device=args.device, progress=args.progress)
     _save_model(model, args.output, args.overwrite)

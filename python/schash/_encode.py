@@ -28,6 +28,7 @@ from . import _args, _hamming
 from ._data import Source
 from ._novelty import NoveltyScorer, margins
 from ._preprocess import Preprocessor
+from ._rare import RareTypes
 from ._scaled import Scaled, column_sums, dot_rows
 from ._values import check_finite_nonnegative, detect_kind
 
@@ -176,6 +177,7 @@ class Encoder:
     anchors: np.ndarray
     novelty: NoveltyScorer | None = None
     prototypes: np.ndarray | None = None  # types × last hidden layer, unit rows
+    rare: RareTypes | None = None  # the rare types' contest (schash._rare), applied to the prototype call
 
     def scaled(self, src: Source, **kwargs) -> ScaledPass:
         """The first pass over ``src`` (arguments of :class:`ScaledPass`)."""
@@ -196,7 +198,7 @@ class Encoder:
         first = self.module.net[0]
         if self.novelty is None:
             logits, proto = self._outputs(block.linear(first.weight.detach().numpy(), first.bias.detach().numpy()))
-            return _hamming.pack(logits), None, None, proto  # sign(tanh(x)) == sign(x)
+            return _hamming.pack(logits), None, None, self._contest(block, proto)  # sign(tanh(x)) == sign(x)
         # typicality is judged against the reference's own scale, whatever `scale` the network uses
         pre = self.pre
         ref = block if pre.scale == "reference" else block.restat(
@@ -204,7 +206,14 @@ class Encoder:
         h, coords = self._first_and_projection(block, ref)
         logits, proto = self._outputs(h)
         codes = _hamming.pack(logits)
-        return codes, coords, self.novelty.typicality(coords, margins(logits, self.anchors, codes)), proto
+        return codes, coords, self.novelty.typicality(coords, margins(logits, self.anchors, codes)), \
+            self._contest(block, proto)
+
+    def _contest(self, block: Scaled, proto: np.ndarray | None) -> np.ndarray | None:
+        """The prototype call after the rare types' contest (:mod:`schash._rare`), where the model has rare types."""
+        if proto is None or self.rare is None or block.shape[0] == 0:
+            return proto
+        return self.rare.contest(block.F, proto)
 
     def _first_and_projection(self, block: Scaled, ref_block: Scaled) -> tuple[np.ndarray, np.ndarray]:
         """The network's first-layer outputs and the novelty scorer's projection of a block; one sparse

@@ -26,6 +26,7 @@ from ._model_file import NOVELTY_ALPHA, from_state, state
 from ._module import HashMLP
 from ._novelty import NoveltyScorer
 from ._preprocess import Preprocessor
+from ._rare import RareTypes
 from ._refmap import ReferenceMap
 
 __all__ = ["SchashModel", "UNASSIGNED", "NOVELTY_ALPHA"]
@@ -50,6 +51,7 @@ class SchashModel:
     ref_map: ReferenceMap | None = None  # the reference's 2-D embedding, see set_reference_map()
     levels: Hierarchy | None = None  # label levels, coarsest first (schash._levels); None: one level
     prototypes: np.ndarray | None = None  # types × last hidden layer: each type's unit mean (method="prototype")
+    rare: RareTypes | None = None  # types with few reference cells: their contest (schash._rare)
 
     # -- properties -----------------------------------------------------------------------
     @property
@@ -67,7 +69,7 @@ class SchashModel:
     @property
     def encoder(self) -> Encoder:
         """The model's one encoder (:mod:`schash._encode`)."""
-        return Encoder(self.pre, self.module, self.anchors, self.novelty, self.prototypes)
+        return Encoder(self.pre, self.module, self.anchors, self.novelty, self.prototypes, self.rare)
 
     def __repr__(self) -> str:
         return (

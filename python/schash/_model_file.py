@@ -10,6 +10,7 @@ from ._levels import Hierarchy
 from ._module import HashMLP
 from ._novelty import NoveltyScorer
 from ._preprocess import Preprocessor
+from ._rare import RareTypes
 from ._refmap import ReferenceMap
 
 # the default of train(novelty_alpha=): chosen on the 31 cross-batch left-out-type tasks of bench/accuracy.py
@@ -37,6 +38,8 @@ def state(model) -> tuple[dict, dict]:
         tensors.update(model.ref_map.to_tensors())
     if model.prototypes is not None:
         tensors["prototypes"] = np.ascontiguousarray(model.prototypes, dtype=np.float32)
+    if model.rare is not None:
+        tensors.update(model.rare.to_tensors())
     meta = {
         "cell_types": list(model.cell_types),
         "batch_categories": model.batch_categories,
@@ -82,4 +85,5 @@ def from_state(cls, t: dict, meta: dict):
         ref_map=ReferenceMap.from_tensors(t, meta["ref_map"]) if meta.get("ref_map") else None,
         levels=Hierarchy.from_meta(meta["levels"]) if meta.get("levels") else None,
         prototypes=t.get("prototypes"),  # absent from files saved before method="prototype"
+        rare=RareTypes.from_tensors(t, cfg["n_genes"]),  # absent without rare types, and from older files
     )

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from . import _args, _hamming, _levels, _refmap
+from . import _args, _hamming, _levels, _rare, _refmap
 from ._anchors import make_anchors
 from ._data import Source
 from ._encode import Encoder
@@ -36,6 +36,7 @@ def _check_train_args(a: dict) -> None:
     _args.choice("transform", a["transform"], TRANSFORMS)
     _args.choice("scale", a["scale"], SCALES)
     _args.whole("min_cells_per_type", a["min_cells_per_type"])
+    _args.whole("rare_type_cells", a["rare_type_cells"], minimum=0, hint=" (0: no rare types' contest)")
     _args.whole("max_cells_per_type", a["max_cells_per_type"], none_ok=True, hint=" (None: every cell)")
     _args.whole("batch_size", a["batch_size"], none_ok=True, hint=" (None: chosen from the data size)")
     _args.whole("max_epochs", a["max_epochs"], none_ok=True, hint=" (None: chosen from the data size)")
@@ -71,6 +72,7 @@ def train(
     transform: Literal["log", "rank"] = "log",
     scale: Literal["reference", "batch"] = "reference",
     min_cells_per_type: int = 1,
+    rare_type_cells: int = 10,
     max_cells_per_type: int | None = None,
     reference_keys: list[str] | None = None,
     hidden: tuple[int, ...] = (128, 64),
@@ -127,6 +129,14 @@ def train(
         Types with fewer reference cells are dropped with a warning.  The default keeps every
         type: a type with a handful of cells is still learnt (class-balanced loss, never in the
         validation split below 3 cells), where dropping it makes all its query cells wrong.
+    rare_type_cells
+        Types with fewer training cells than this are *rare*: every query cell's call is put to
+        a contest between the called type and the rare types, scored as SingleR scores cells
+        (Spearman correlation with each type's reference cells over marker genes, fine-tuned;
+        see :mod:`schash._rare`), and a rare type that wins takes the call.  A network learns
+        little from a handful of cells; this scores them from their expression instead.  ``0``
+        turns it off; models without rare types store and run nothing.  Applies to the
+        prototype call (``method="auto"``, the default); measured in ``bench/accuracy.py``.
     basis
         An ``obsm`` key of the reference's 2-D embedding (``"X_umap"``): the model keeps it as a
         reference map, and :func:`annotate` places query cells on it (``obsm["X_schash_umap"]``;
@@ -199,6 +209,7 @@ def train(
         threshold = _prune_threshold(module, calibration_rows(X, cfg, log_scale, seed + PRUNE_STREAM), val_idx,
                                      anchors, prune_quantile)
         prototypes = type_prototypes(module, X, y, len(types))
+        rare = _rare.fit(X.F, y, len(types), min_cells=rare_type_cells, seed=seed) if prototypes is not None else None
         del X, X_ref
         # the reference database: every reference cell of a known type with expression, encoded
         # as queries are (reference batches scaled on their own under scale="batch")
@@ -212,7 +223,8 @@ def train(
         bc = pd.Categorical(b_all[in_db])
         ref_batches, batch_categories = bc.codes.astype(np.int64), [str(c) for c in bc.categories]
     params = dict(n_bits=n_bits, n_top_genes=n_top_genes, transform=transform, scale=scale, seed=seed,
-                  min_cells_per_type=min_cells_per_type, hidden=list(hidden), dropout=dropout, lr=lr,
+                  min_cells_per_type=min_cells_per_type, rare_type_cells=rare_type_cells, hidden=list(hidden),
+                  dropout=dropout, lr=lr,
                   prune_quantile=prune_quantile, novelty_alpha=novelty_alpha, cell_type_key=cell_type_key,
                   batch_key=batch_key, layer=layer, n_training_cells=int(len(y)),
                   max_cells_per_type=max_cells_per_type, augment=float(augment),
@@ -230,6 +242,7 @@ def train(
         params=params, history=history,
         levels=_levels.Hierarchy.from_labels(level_table, types) if level_table is not None else None,
         prototypes=prototypes,
+        rare=rare,
     )
 
 

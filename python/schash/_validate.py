@@ -230,9 +230,40 @@ def check_tensors(meta, t: dict, path) -> None:
     if "prototypes" in t:  # each type's unit mean hidden layer (method="prototype"); older files lack it
         c.tensor(t, "prototypes", (n_types, mod["hidden"][-1] if mod["hidden"] else None), np.float32)
         known.add("prototypes")
+    if any(k.startswith("rare.") for k in t):  # the rare types' contest (schash._rare); absent without rare types
+        known |= _check_rare(c, t, n_types, n_genes)
     unknown = sorted(k for k in set(t) - known if not k.startswith("novelty."))  # the scorer picks its own
     for name in sorted(k for k in set(t) - known if k.startswith("novelty.")):
         if t[name].dtype.kind == "f" and not np.isfinite(t[name]).all():
             c.fail(f"tensor {name!r} holds NaN or infinite values")
     if unknown:
         c.fail(f"unexpected tensors {unknown[:5]}")
+
+
+_RARE = ("rare.types", "rare.markers_from", "rare.markers_to", "rare.data", "rare.indices", "rare.indptr",
+         "rare.labels")
+
+
+def _check_rare(c: _Checker, t: dict, n_types: int, n_genes: int) -> set:
+    """The rare types' contest: which types, their markers and the stored reference cells."""
+    rare = c.tensor(t, "rare.types", (None,), np.int32)
+    c.codes_in_range("rare.types", rare, n_types)
+    if rare.size < 1 or len(np.unique(rare)) != rare.size:
+        c.fail("tensor 'rare.types' must name at least one type, each once")
+    for name in ("rare.markers_from", "rare.markers_to"):
+        m = c.tensor(t, name, (rare.size, n_types, None), np.int32)
+        if m.size and (m.min() < -1 or m.max() >= n_genes):
+            c.fail(f"tensor {name!r} holds gene indices outside [0, {n_genes}) (-1 pads)")
+    data = c.tensor(t, "rare.data", (None,), np.float32)
+    if (data < 0).any():
+        c.fail("tensor 'rare.data' holds negative expression values")
+    indices = c.tensor(t, "rare.indices", (data.size,), np.int32)
+    c.codes_in_range("rare.indices", indices, n_genes)
+    indptr = c.tensor(t, "rare.indptr", (None,), np.int64)
+    if indptr.size < 2 or indptr[0] != 0 or indptr[-1] != data.size or (np.diff(indptr) < 0).any():
+        c.fail("tensors 'rare.indptr', 'rare.indices' and 'rare.data' are not one sparse matrix")
+    labels = c.tensor(t, "rare.labels", (indptr.size - 1,), np.int32)
+    c.codes_in_range("rare.labels", labels, n_types)
+    if len(np.unique(labels)) != n_types:
+        c.fail("tensor 'rare.labels' must hold stored cells of every type")
+    return set(_RARE)

@@ -30,7 +30,7 @@
 #'   places every query cell on it at the mean position of its nearest reference cells (like
 #'   scanpy's ingest), stored as the DimReduc / reducedDim `"ref.<name>"`.
 #' @param ... Further arguments of Python's `schash.train()`, e.g. `n_top_genes`,
-#'   `max_epochs`, `min_cells_per_type`, `transform`, `scale`, `device`.
+#'   `max_epochs`, `min_cells_per_type`, `rare_type_cells`, `transform`, `scale`, `device`.
 #' @return A `schash_model`.
 #' @examples
 #' \dontrun{
