@@ -151,3 +151,13 @@ def _set(name, fn):
 def test_an_inconsistent_contest_in_a_model_file_is_refused(rare_synth_model, tmp_path, edit, message):
     with pytest.raises(schash.ModelFileError, match=message):
         schash.load(_edit(tmp_path, rare_synth_model, edit))
+
+
+def test_fewer_genes_than_markers_per_pair(synth):
+    # 4 types ask for 222 markers per pair (SingleR's 500 (2/3)^log2 4); this reference has 60 genes
+    small = synth[:, :60].copy()
+    y = small.obs["cell_type"].astype(str).to_numpy()
+    small = small[np.setdiff1d(np.arange(small.n_obs), np.flatnonzero(y == "type_1")[3:])].copy()
+    m = schash.train(small, cell_type_key="cell_type", max_epochs=3, progress=False)
+    assert m.rare is not None and m.rare.markers_from.shape == (1, 4, 60)
+    assert len(m.predict(small)) == small.n_obs

@@ -166,7 +166,7 @@ def fit(F, y: np.ndarray, n_types: int, *, min_cells: int, seed: int) -> RareTyp
         medians[t] = np.median(F[some].toarray(), axis=0)
         stored.append(np.sort(rng.choice(idx, MAX_CELLS, replace=False)) if len(idx) > MAX_CELLS else idx)
     # SingleR's number of markers per pair of types: 500 (2/3)^log2(number of types)
-    n = max(int(round(500 * (2 / 3) ** np.log2(max(n_types, 2)))), 1)
+    n = min(max(int(round(500 * (2 / 3) ** np.log2(max(n_types, 2)))), 1), F.shape[1])
     markers_from = np.full((len(rare), n_types, n), -1, dtype=np.int32)
     markers_to = np.full((len(rare), n_types, n), -1, dtype=np.int32)
     for i, r in enumerate(rare):
