@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import io
 import json
@@ -99,12 +100,14 @@ SCHASH_CONFIGS = {
     "schash-batchscale": ({"scale": "batch"}, {"method": "anchor"}),
     "schash-min10": ({"min_cells_per_type": 10}, {"method": "anchor"}),
     "schash-rank": ({"transform": "rank"}, {"method": "anchor"}),
+    "schash-norare": ({"rare_type_cells": 0}, {}),
 }
 SCHASH_TEXT = {
     "schash": 'defaults (transform="log", scale="reference": the query standardised with the reference\'s '
               "statistics, augment=0.8: 80 % of training cells get a technology-like perturbation each epoch, "
-              "min_cells_per_type=1), the nearest type prototype in the network's last hidden layer "
-              '(method="auto": "prototype")',
+              "min_cells_per_type=1, rare_type_cells=10), the nearest type prototype in the network's last "
+              'hidden layer (method="auto": "prototype"), put to the rare types\' contest (types of < 10 training '
+              "cells scored by rank correlation, as SingleR scores cells)",
     "schash-anchor": "the same model as `schash`, nearest anchor by Hamming distance (the default before "
                      "prototypes)",
     "schash-knn": "the same model as `schash`, k-NN vote among the reference cells' codes (k=15)",
@@ -113,6 +116,8 @@ SCHASH_TEXT = {
                          "standardised on their own statistics)",
     "schash-min10": "defaults with min_cells_per_type=10 (the old default: types with < 10 reference cells dropped)",
     "schash-rank": 'defaults with transform="rank" (per-cell ranks of expressed genes)',
+    "schash-norare": "defaults with rare_type_cells=0 (no rare types' contest: the prototype call alone; the same "
+                     "network as `schash`, which the contest does not change)",
 }
 VARIANTS = [m for m in SCHASH_CONFIGS if m not in ("schash", "schash-anchor", "schash-knn")]
 SINGLE_TYPE_VARIANTS = ("schash", "schash-batchscale")
@@ -271,18 +276,20 @@ def train_schash(ref, train_kw: dict, warn_log: Counter, seed: int = SEED):
 
 
 def effective_train_kw(ref, train_kw: dict) -> dict:
-    """``train_kw`` without ``min_cells_per_type`` where every reference type has that many cells with expression.
+    """``train_kw`` without ``min_cells_per_type`` where every reference type has that many cells with
+    expression, and without ``rare_type_cells=0`` where every type has at least the default 10.
 
-    schash then trains on the same cells as with the default (1), and with the same seed gives the same
-    model, so the configuration shares the defaults' model instead of training it again.
+    schash then trains on the same cells as with the default (1) and has no rare types either way, and
+    with the same seed gives the same model, so the configuration shares the defaults' model instead of
+    training it again.
     """
     kw = dict(train_kw)
-    m = kw.get("min_cells_per_type")
-    if m is not None:
-        usable = np.asarray(ref.X.sum(axis=1)).reshape(-1) > 0
-        counts = pd.Series(ref.obs["cell_type"].astype(str).to_numpy()[usable]).value_counts()
-        if len(counts) and counts.min() >= m:
-            kw.pop("min_cells_per_type")
+    usable = np.asarray(ref.X.sum(axis=1)).reshape(-1) > 0
+    counts = pd.Series(ref.obs["cell_type"].astype(str).to_numpy()[usable]).value_counts()
+    for key, least in (("min_cells_per_type", kw.get("min_cells_per_type")),
+                       ("rare_type_cells", max(kw.get("rare_type_cells") or 0, 10))):
+        if key in kw and len(counts) and counts.min() >= least:
+            kw.pop(key)
     return kw
 
 
@@ -410,6 +417,9 @@ def classification_task(ds, fold, adata, peer, ref_idx, q_idx, methods, r_status
         row = dict(base, seed=seed, **scores(y_q[scored], pred["label"].astype(str).to_numpy()[scored]))
         other = predict_schash(model, qry, {"method": "anchor"}, warn_log)[0]["label"].astype(str).to_numpy()
         row["macro_f1_anchor"] = scores(y_q[scored], other[scored])["macro_f1"]  # the same model's other call
+        alone = dataclasses.replace(model, rare=None)  # the same network without the rare types' contest
+        plain = predict_schash(alone, qry, {}, warn_log)[0]["label"].astype(str).to_numpy()
+        row["macro_f1_norare"] = scores(y_q[scored], plain[scored])["macro_f1"]
         row["unassigned_frac"] = float((pred["pruned_label"].astype(str).to_numpy()[scored] == "Unassigned").mean())
         seed_rows.append(row)
 
@@ -714,7 +724,7 @@ def seed_section(seeds: pd.DataFrame, gp: pd.DataFrame) -> list[str]:
     """The defaults' macro F1 over several training seeds, per task, against the task's best peer."""
     sd = seeds[seeds["error"].fillna("") == ""] if "error" in seeds else seeds
     peer = gp[gp["method"] == "schash"].set_index(["dataset", "fold"])
-    tab, gaps_mean, within, proto_gaps = [], [], {}, []
+    tab, gaps_mean, within, proto_gaps, plain_gaps = [], [], {}, [], []
     for (ds, fold), g in sd.groupby(["dataset", "fold"], sort=False):
         if (ds, fold) not in peer.index:
             continue
@@ -722,10 +732,13 @@ def seed_section(seeds: pd.DataFrame, gp: pd.DataFrame) -> list[str]:
         f1 = g["macro_f1"].astype(float)
         gap = f1.mean() - p["best_peer_f1"]
         proto = g["macro_f1_anchor"].astype(float) if "macro_f1_anchor" in g else None
+        plain = g["macro_f1_norare"].astype(float) if "macro_f1_norare" in g else None
         if p["kind"] == "cross-batch":
             gaps_mean.append(gap)
             if proto is not None:
                 proto_gaps.append(proto.mean() - p["best_peer_f1"])
+            if plain is not None:
+                plain_gaps.append(plain.mean() - p["best_peer_f1"])
             for seed, v in zip(g["seed"], f1, strict=True):
                 within.setdefault(seed, []).append(v - p["best_peer_f1"] >= -0.02 - 1e-9)
         tab.append({"dataset": ds, "fold": fold, "kind": p["kind"], "best peer": p["best_peer"],
@@ -733,7 +746,9 @@ def seed_section(seeds: pd.DataFrame, gp: pd.DataFrame) -> list[str]:
                     "mean": fmt(f1.mean()), "min–max": f"{fmt(f1.min())}–{fmt(f1.max())}",
                     "gap of the mean": fmt(gap, sign=True),
                     **({"anchor call: mean": fmt(proto.mean()), "its gap": fmt(proto.mean() - p["best_peer_f1"], sign=True)}
-                       if proto is not None else {})})
+                       if proto is not None else {}),
+                    **({"no rare contest: mean": fmt(plain.mean()),
+                        "no rare contest: gap": fmt(plain.mean() - p["best_peer_f1"], sign=True)} if plain is not None else {})})
     if not tab:
         return []
     g = np.array(gaps_mean)
@@ -747,6 +762,11 @@ def seed_section(seeds: pd.DataFrame, gp: pd.DataFrame) -> list[str]:
     if len(proto_gaps) == len(g) and len(g):
         pg = np.array(proto_gaps)
         summary += (f" The same models' nearest-anchor call (`method=\"anchor\"`): within 0.02 on "
+                    f"{int((pg >= -0.02 - 1e-9).sum())} of {len(pg)}, at or above on {int((pg >= -1e-9).sum())}; "
+                    f"mean gap {fmt(pg.mean(), sign=True)}.")
+    if len(plain_gaps) == len(g) and len(g):
+        pg = np.array(plain_gaps)
+        summary += (f" The same models without the rare types' contest (`rare_type_cells=0`): within 0.02 on "
                     f"{int((pg >= -0.02 - 1e-9).sum())} of {len(pg)}, at or above on {int((pg >= -1e-9).sum())}; "
                     f"mean gap {fmt(pg.mean(), sign=True)}.")
     return ["### The defaults over training seeds\n",
