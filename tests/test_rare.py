@@ -161,3 +161,11 @@ def test_fewer_genes_than_markers_per_pair(synth):
     m = schash.train(small, cell_type_key="cell_type", max_epochs=3, progress=False)
     assert m.rare is not None and m.rare.markers_from.shape == (1, 4, 60)
     assert len(m.predict(small)) == small.n_obs
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 6, 50, 53])
+def test_row_quantile_is_numpys_linear_quantile(k):
+    from schash._rare import row_quantile
+
+    x = np.round(np.random.default_rng(k).normal(size=(40, k)), 1)  # ties too
+    assert np.array_equal(row_quantile(x, 0.8), np.quantile(x, 0.8, axis=1))
