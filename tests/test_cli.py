@@ -2,6 +2,7 @@ import anndata as ad
 import pandas as pd
 import pytest
 
+import schash
 from schash._cli import main
 
 
@@ -44,3 +45,11 @@ def test_bad_input_is_one_line_and_exit_2(files, capsys, argv, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert any(line.startswith("schash: error:") and message in line for line in err)
     assert not any("Traceback" in line for line in err)
+
+
+def test_train_rare_type_cells(files, tmp_path):
+    model = tmp_path / "rare.schash"
+    assert main(["train", str(files / "ref.h5ad"), "--cell-type-key", "cell_type", "--max-epochs", "2",
+                 "--rare-type-cells", "1000", "-o", str(model), "--no-progress"]) == 0
+    m = schash.load(model)
+    assert m.params["rare_type_cells"] == 1000 and len(m.rare.rare) == len(m.cell_types)  # every type is rare

@@ -63,4 +63,19 @@ test_that("errors give R advice", {
   err <- expect_error(schash_annotate(Matrix::t(counts), pbmc_model()), class = "schash_error")
   expect_match(conditionMessage(err), "genes \u00d7 cells")
   expect_error(schash_train(counts, cell_type = p$groups, no_such_option = 1), "unused argument 'no_such_option'")
+  expect_error(schash_train(counts, cell_type = p$groups, rare_type_cells = -1), "rare_type_cells must be a whole number",
+               class = "schash_error")
+})
+
+test_that("rare_type_cells reaches Python: a type of 2 cells gets the rare types' contest, 0 turns it off", {
+  skip_if_no_schash()
+  p <- pbmc()
+  counts <- assay_data(p, "counts")
+  labels <- as.character(p$RNA_snn_res.1)
+  labels[1:2] <- "rare"
+  with_rare <- schash_train(counts, cell_type = labels, max_epochs = 2)
+  expect_equal(unlist(with_rare$py$cell_types)[with_rare$py$rare$rare + 1], "rare")
+  without <- schash_train(counts, cell_type = labels, max_epochs = 2, rare_type_cells = 0)
+  expect_null(without$py$rare)
+  expect_equal(without$py$params$rare_type_cells, 0L)
 })
