@@ -137,6 +137,8 @@ def train(
         little from a handful of cells; this scores them from their expression instead.  ``0``
         turns it off; models without rare types store and run nothing.  Applies to the
         prototype call (``method="auto"``, the default); measured in ``bench/accuracy.py``.
+        Its cost grows with the number of rare types (about 1 s per 100,000 query cells with
+        one, far more with five or more; see the README).
     basis
         An ``obsm`` key of the reference's 2-D embedding (``"X_umap"``): the model keeps it as a
         reference map, and :func:`annotate` places query cells on it (``obsm["X_schash_umap"]``;
