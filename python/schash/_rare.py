@@ -97,12 +97,14 @@ class RareTypes:
     def _ref(self, t: int, genes: np.ndarray) -> np.ndarray:
         """Type ``t``'s stored cells as dense, centred, unit rank rows over ``genes`` (kept for the next chunk)."""
         key = (t, genes.tobytes())
-        if key not in self._refs:
+        ref = self._refs.get(key)  # (one lookup: safe when several threads share the model)
+        if ref is None:
+            r, r_norm = centred_ranks(self.cells[self.labels == t][:, genes])
+            ref = (r.toarray() + _zero_offsets(r, len(genes))[:, None]) / r_norm[:, None]
             if len(self._refs) >= 1024:
                 self._refs.clear()
-            r, r_norm = centred_ranks(self.cells[self.labels == t][:, genes])
-            self._refs[key] = (r.toarray() + _zero_offsets(r, len(genes))[:, None]) / r_norm[:, None]
-        return self._refs[key]
+            self._refs[key] = ref
+        return ref
 
     def _genes(self, cands: tuple) -> np.ndarray:
         pos = {int(t): i for i, t in enumerate(self.rare)}
