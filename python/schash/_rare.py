@@ -37,6 +37,7 @@ class RareTypes:
     cells: sparse.csr_matrix  # float32 features of the stored reference cells (model genes)
     labels: np.ndarray  # int64: each stored cell's type
     _refs: dict = field(default_factory=dict, repr=False, compare=False)  # (type, genes) -> unit ranks
+    _rows: dict = field(default_factory=dict, repr=False, compare=False)  # type -> its stored cells
 
     # -- the file -------------------------------------------------------------------------
     def to_tensors(self) -> dict:
@@ -99,7 +100,10 @@ class RareTypes:
         key = (t, genes.tobytes())
         ref = self._refs.get(key)  # (one lookup: safe when several threads share the model)
         if ref is None:
-            r, r_norm = centred_ranks(self.cells[self.labels == t][:, genes])
+            rows = self._rows.get(t)
+            if rows is None:
+                rows = self._rows[t] = self.cells[self.labels == t]
+            r, r_norm = centred_ranks(rows[:, genes])
             ref = (r.toarray() + _zero_offsets(r, len(genes))[:, None]) / r_norm[:, None]
             if len(self._refs) >= 1024:
                 self._refs.clear()
