@@ -63,6 +63,7 @@ def test_a_type_of_five_reference_cells_is_found_across_a_shift(cut_split, cut_m
     truth = qry.obs["bulk_labels"].astype(str).to_numpy()
     types = sorted(set(truth))
     assert CUT in [cut_model.cell_types[i] for i in cut_model.rare.rare]
+    assert "rare types (also scored by rank correlation): " in repr(cut_model) and CUT in repr(cut_model)
     with_contest = cut_model.predict(qry)["label"].astype(str).to_numpy()
     network_only = dataclasses.replace(cut_model, rare=None).predict(qry)["label"].astype(str).to_numpy()
     f_with = f1_score(truth, with_contest, labels=types, average=None)[types.index(CUT)]

@@ -79,6 +79,8 @@ class SchashModel:
             f"    transform={self.pre.transform!r}, scale={self.pre.scale!r}, distance threshold={self.threshold}"
             + (f"\n    reference map: {self.map_name()}" if self.ref_map is not None else "")
             + (f"\n    label levels: {' > '.join(self.levels.names)}" if self.levels is not None else "")
+            + (f"\n    rare types (also scored by rank correlation): "
+               f"{', '.join(self.cell_types[i] for i in self.rare.rare)}" if self.rare is not None else "")
         )
 
     # -- encoding ----------------------------------------------------------------------------
