@@ -52,6 +52,14 @@ pbmc_sce <- function() {
   )
 }
 
+# pbmc_small's counts and its clusters (RNA_snn_res.1) with two cells relabelled "rare": a type of 2 cells.
+counts_with_rare_type <- function() {
+  p <- pbmc()
+  labels <- as.character(p$RNA_snn_res.1)
+  labels[1:2] <- "rare"
+  list(counts = assay_data(p, "counts"), labels = labels)
+}
+
 # Small and fast: few epochs; pbmc_small has 80 cells in 3 clusters (RNA_snn_res.1).
 fast_args <- list(max_epochs = 5, min_cells_per_type = 5)
 

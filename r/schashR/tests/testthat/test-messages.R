@@ -24,10 +24,9 @@ test_that("Python's advice is translated for R users", {
 
 test_that("Python warnings become R warnings: once, without paths, suppressible", {
   skip_if_no_schash()
-  p <- pbmc()
-  counts <- assay_data(p, "counts")
-  labels <- as.character(p$RNA_snn_res.1)
-  labels[1:2] <- "rare"
+  x <- counts_with_rare_type()
+  counts <- x$counts
+  labels <- x$labels
   w <- expect_warning(m <- schash_train(counts, cell_type = labels, max_epochs = 2, min_cells_per_type = 5),
                       "cell types with fewer than 5 cells are left out: rare \\(2\\)",
                       class = "schash_warning")
@@ -69,13 +68,10 @@ test_that("errors give R advice", {
 
 test_that("rare_type_cells reaches Python: a type of 2 cells gets the rare types' contest, 0 turns it off", {
   skip_if_no_schash()
-  p <- pbmc()
-  counts <- assay_data(p, "counts")
-  labels <- as.character(p$RNA_snn_res.1)
-  labels[1:2] <- "rare"
-  with_rare <- schash_train(counts, cell_type = labels, max_epochs = 2)
+  x <- counts_with_rare_type()
+  with_rare <- schash_train(x$counts, cell_type = x$labels, max_epochs = 2)
   expect_equal(unlist(with_rare$py$cell_types)[with_rare$py$rare$rare + 1], "rare")
-  without <- schash_train(counts, cell_type = labels, max_epochs = 2, rare_type_cells = 0)
+  without <- schash_train(x$counts, cell_type = x$labels, max_epochs = 2, rare_type_cells = 0)
   expect_null(without$py$rare)
   expect_equal(without$py$params$rare_type_cells, 0L)
 })
