@@ -41,11 +41,13 @@ Methods
 -------
 schash configurations (``SCHASH_CONFIGS``; one model per distinct set of training
 arguments, shared by the anchor and k-NN calls): ``schash`` (defaults: transform="log",
-scale="reference", augment=0.8, min_cells_per_type=1; nearest type prototype),
+scale="reference", augment=0.8, min_cells_per_type=1, rare_type_cells=10; nearest type
+prototype, put to the rare types' contest),
 ``schash-anchor`` (the same model, nearest anchor), ``schash-knn`` (the same model, k-NN vote
 among reference codes, k=15), ``schash-noaug`` (augment=0),
 ``schash-batchscale`` (scale="batch": each reference batch and the query standardised on
-themselves), ``schash-min10`` (min_cells_per_type=10), ``schash-rank`` (transform="rank").
+themselves), ``schash-min10`` (min_cells_per_type=10), ``schash-rank`` (transform="rank"),
+``schash-norare`` (rare_type_cells=0: no rare types' contest; the defaults' network).
 Every schash call gets ``batch_key="batch"`` where the reference has >= 2 batches, seed 0
 (the defaults also with seeds 1 to N-1 for their spread, ``--seeds N``).
 Peers: ``celltypist`` (logistic regression, ``use_SGD=False``), ``knn-pca`` (HVG from the
