@@ -170,3 +170,19 @@ def test_row_quantile_is_numpys_linear_quantile(k):
 
     x = np.round(np.random.default_rng(k).normal(size=(40, k)), 1)  # ties too
     assert np.array_equal(row_quantile(x, 0.8), np.quantile(x, 0.8, axis=1))
+
+
+def test_stored_ranks_are_exact_where_values_are_too_close_for_one_sort_key():
+    from scipy.stats import rankdata
+
+    from schash._preprocess import stored_ranks
+
+    tiny = np.float32(1e-6)
+    X = sparse.lil_matrix((9000, 4), dtype=np.float32)
+    X[8999, :] = [np.nextafter(tiny, np.float32(1)), tiny, 9.0, tiny]  # row 8999 + value / 10 cannot tell them apart
+    X[3, :3] = [2.0, 1.0, 2.0]
+    X = X.tocsr()
+    ranks = stored_ranks(X)
+    for row in (3, 8999):
+        a, b = X.indptr[row], X.indptr[row + 1]
+        np.testing.assert_array_equal(ranks[a:b], rankdata(X.data[a:b]))

@@ -36,20 +36,35 @@ TRANSFORMS = ("log", "rank")
 SCALES = ("batch", "reference")
 
 
-def rank_transform(X):
-    """Per-cell rank of each non-zero value among the cell's non-zeros, scaled to (0, 1]; ties averaged."""
-    X = sparse.csr_matrix(X, dtype=np.float32)
+def stored_ranks(X: sparse.csr_matrix) -> np.ndarray:
+    """Each stored value's rank among its row's stored values (1-based, ties share their mean rank),
+    in stored order: what :func:`rank_transform` scales and the rare types' Spearman correlation
+    (:mod:`schash._rare`) shifts past the row's zeros."""
     rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
-    order = np.lexsort((X.data, rows))
-    r, v = rows[order], X.data[order]
+    data = np.asarray(X.data, dtype=np.float64)
+    order = None
+    if len(data) and data.min() >= 0:  # one stable sort of row + value / (max + 1): ~2x faster than lexsort
+        order = np.argsort(rows + data / (data.max() + 1.0), kind="stable")
+        r, v = rows[order], X.data[order]
+        if np.any((r[1:] == r[:-1]) & (v[1:] < v[:-1])):  # values too close for that key to order them
+            order = None
+    if order is None:
+        order = np.lexsort((X.data, rows))
+        r, v = rows[order], X.data[order]
     pos = np.arange(len(v), dtype=np.float64) - X.indptr[r] + 1  # ordinal rank within the row
     new_run = np.ones(len(v), dtype=bool)
     new_run[1:] = (r[1:] != r[:-1]) | (v[1:] != v[:-1])
     run_id = np.cumsum(new_run) - 1
-    run_mean = np.bincount(run_id, weights=pos) / np.bincount(run_id)
-    nnz = np.diff(X.indptr)[r]
+    ranks = np.empty(len(v))
+    ranks[order] = (np.bincount(run_id, weights=pos) / np.bincount(run_id))[run_id]
+    return ranks
+
+
+def rank_transform(X):
+    """Per-cell rank of each non-zero value among the cell's non-zeros, scaled to (0, 1]; ties averaged."""
+    X = sparse.csr_matrix(X, dtype=np.float32)
     out = X.copy()
-    out.data[order] = (run_mean[run_id] / nnz).astype(np.float32)
+    out.data = (stored_ranks(X) / np.repeat(np.diff(X.indptr), np.diff(X.indptr))).astype(np.float32)
     return out
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import sparse
 
+from ._preprocess import stored_ranks
+
 QUANTILE = 0.8  # SingleR's quantile of a type's per-cell correlations
 TOLERANCE = 0.05  # SingleR's fine-tuning: types this close to the best stay in the contest
 MAX_CELLS = 50  # stored reference cells per type (a seeded subsample of larger types)
@@ -128,27 +130,15 @@ def centred_ranks(F: sparse.csr_matrix) -> tuple[sparse.csr_matrix, np.ndarray]:
     """Each row's average ranks (ties share their mean rank, as Spearman's correlation takes them),
     as a sparse matrix holding ``rank - zero rank`` at the non-zero values, and each row's norm
     of ``rank - mean rank``.  A zero-sum vector ``u`` has ``(rank - mean) · u`` = the sparse row · ``u``.
-
-    One stable sort of ``row + value / (max + 1)`` orders every row's values at once (NumPy has
-    no sort by segments; this is twice as fast as ``lexsort`` on the two keys)."""
+    The non-zero values rank above the row's zeros, in the order :func:`stored_ranks` gives them."""
     F = sparse.csr_matrix(F, dtype=np.float64, copy=True)
     F.eliminate_zeros()
     n, g = F.shape
     per_row = np.diff(F.indptr)
     row = np.repeat(np.arange(n), per_row)
-    key = row + F.data / (F.data.max(initial=0.0) + 1.0)
-    order = np.argsort(key, kind="stable")
-    ordered = key[order]
-    starts = np.ones(len(ordered), dtype=bool)
-    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])  # a new run of equal values (or a new row)
-    first = np.flatnonzero(starts)
-    size = np.diff(np.r_[first, len(ordered)])
-    mid = np.repeat(first + (size - 1) / 2.0, size)  # each value's run's mean position in the sort
     zeros = g - per_row
     zero_rank = (zeros + 1) / 2.0
-    r = row[order]
-    values = np.empty(len(ordered))
-    values[order] = mid - F.indptr[r] + zeros[r] + 1 - zero_rank[r]
+    values = stored_ranks(F) + zeros[row] - zero_rank[row]
     mean = (g + 1) / 2.0
     sq = zeros * (zero_rank - mean) ** 2 + np.bincount(row, weights=(values + zero_rank[row] - mean) ** 2, minlength=n)
     out = sparse.csr_matrix((values, F.indices, F.indptr), shape=F.shape)
