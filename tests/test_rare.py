@@ -186,3 +186,22 @@ def test_stored_ranks_are_exact_where_values_are_too_close_for_one_sort_key():
     for row in (3, 8999):
         a, b = X.indptr[row], X.indptr[row + 1]
         np.testing.assert_array_equal(ranks[a:b], rankdata(X.data[a:b]))
+
+
+def test_the_contest_runs_only_for_calls_by_prototype(rare_synth_model, synth, monkeypatch):
+    from schash._rare import RareTypes
+
+    m = rare_synth_model
+    calls = []
+    original = RareTypes.contest
+    monkeypatch.setattr(RareTypes, "contest", lambda self, F, call: calls.append(len(call)) or original(self, F, call))
+    m.encode(synth)
+    m.composition(synth, by="cell_type", k=5)
+    m.predict(synth, method="anchor")
+    m.predict(synth, method="knn")
+    assert calls == []  # nothing there reads the prototype call
+    m.predict(synth)
+    assert sum(calls) == synth.n_obs
+    with pytest.raises(schash.InputError, match="rare types' contest"):
+        m.call(m.encoded(synth, method=None))
+    assert m.call(m.encoded(synth, method="anchor"), method="anchor").equals(m.predict(synth, method="anchor"))

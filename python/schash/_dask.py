@@ -256,9 +256,11 @@ def _encode_block(encoder, p: Plan, X, groups, keep_projected: bool):
 
 
 def _call_block(model, p: Plan, X, groups, cells, method, k):
-    codes, _, typ, proto, empty = _encode_block(model.encoder, p, X, groups, False)
+    encoder = model.encoder_for(method)
+    codes, _, typ, proto, empty = _encode_block(encoder, p, X, groups, False)
     return model.call(Encoded(cells, codes, typ, empty, p.n_genes_matched, p.kind, gene_mapping=p.gene_mapping,
-                              prototype=proto), method=method, k=k)
+                              prototype=proto, contested=encoder.rare is not None and proto is not None),
+                      method=method, k=k)
 
 
 def run(encoder, src: DaskSource, *, keep_projected: bool = False, progress: bool = False, **kwargs) -> Encoded:
@@ -272,7 +274,8 @@ def run(encoder, src: DaskSource, *, keep_projected: bool = False, progress: boo
                                                          strict=True):
         parts.append((codes, coords, typ, proto))
         empty[a:b] = emp
-    return assemble(src.cells, parts, empty, p.n_genes_matched, p.kind, keep_projected, p.gene_mapping)
+    return assemble(src.cells, parts, empty, p.n_genes_matched, p.kind, keep_projected, p.gene_mapping,
+                    contested=encoder.rare is not None)
 
 
 def tables(model, src: DaskSource, *, method="auto", k: int = 15, batch_key=None, species=None,

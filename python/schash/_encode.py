@@ -48,6 +48,7 @@ class Encoded:
     projected: np.ndarray | None = None  # cells × (PCA + residual) in the novelty scorer's space
     gene_mapping: dict | None = None  # how the input's genes were matched to the model's (schash._genes)
     prototype: np.ndarray | None = None  # each cell's nearest type prototype (index); None without prototypes
+    contested: bool = False  # whether ``prototype`` went through the rare types' contest (schash._rare)
 
 
 @dataclass
@@ -177,7 +178,7 @@ class Encoder:
     anchors: np.ndarray
     novelty: NoveltyScorer | None = None
     prototypes: np.ndarray | None = None  # types × last hidden layer, unit rows
-    rare: RareTypes | None = None  # the rare types' contest (schash._rare), applied to the prototype call
+    rare: RareTypes | None = None  # the rare types' contest (schash._rare), for prototype calls only
 
     def scaled(self, src: Source, **kwargs) -> ScaledPass:
         """The first pass over ``src`` (arguments of :class:`ScaledPass`)."""
@@ -247,13 +248,15 @@ class Encoder:
         scaled = self.scaled(src, progress=progress, **kwargs)
         parts = [self.block(block) for _, _, block in scaled]
         return assemble(src.cells, parts, scaled.empty, scaled.n_genes_matched, scaled.kind, keep_projected,
-                        scaled.gene_mapping)
+                        scaled.gene_mapping, contested=self.rare is not None)
 
 
-def assemble(cells, parts, empty, n_genes_matched, kind, keep_projected, gene_mapping=None) -> Encoded:
+def assemble(cells, parts, empty, n_genes_matched, kind, keep_projected, gene_mapping=None, *,
+             contested: bool = False) -> Encoded:
     """One :class:`Encoded` from the :meth:`Encoder.block` results of every chunk, in order."""
     codes = np.concatenate([p[0] for p in parts])
     typ = np.concatenate([p[2] for p in parts]) if parts[0][2] is not None else None
     projected = np.concatenate([p[1] for p in parts]) if keep_projected and parts[0][1] is not None else None
     proto = np.concatenate([p[3] for p in parts]) if parts[0][3] is not None else None
-    return Encoded(cells, codes, typ, empty, n_genes_matched, kind, projected, gene_mapping, proto)
+    return Encoded(cells, codes, typ, empty, n_genes_matched, kind, projected, gene_mapping, proto,
+                   contested and proto is not None)

@@ -68,7 +68,15 @@ class SchashModel:
 
     @property
     def encoder(self) -> Encoder:
-        """The model's one encoder (:mod:`schash._encode`)."""
+        """The model's one encoder (:mod:`schash._encode`): codes, typicality and prototype calls."""
+        return Encoder(self.pre, self.module, self.anchors, self.novelty, self.prototypes)
+
+    def encoder_for(self, method: str | None) -> Encoder:
+        """The encoder for calls by ``method`` (``None``: no call, codes only): with the rare types'
+        contest where the call is by prototype, the one call it refines; without, where nothing
+        would read it (codes, anchors, votes), since it is the encoding's costliest step."""
+        if method is None or self.rare is None or self.resolve_method(method) != "prototype":
+            return self.encoder
         return Encoder(self.pre, self.module, self.anchors, self.novelty, self.prototypes, self.rare)
 
     def __repr__(self) -> str:
@@ -86,16 +94,20 @@ class SchashModel:
     # -- encoding ----------------------------------------------------------------------------
     @_docs.inputs
     def encoded(self, data, *, genes=None, layer=None, batch_key=None, species: str | None = None,
-                chunk_size: int = 8192, min_gene_overlap: float = 0.3, progress: bool | None = None) -> Encoded:
+                chunk_size: int = 8192, min_gene_overlap: float = 0.3, progress: bool | None = None,
+                method: Literal["auto", "anchor", "knn", "prototype"] | None = "auto") -> Encoded:
         """One encoding pass over ``data``: codes, typicality, empty cells, genes matched (for :meth:`call`).
 
         Parameters
         ----------
         {inputs}
+        method
+            The call the pass is for (:meth:`call`'s ``method``; ``None``: codes only): prototype
+            calls get the rare types' contest here, which a later call by prototype needs.
         """
         progress = _args.progress(progress)
         with Source(data, genes, layer) as src:
-            return self.encoder.run(src, batch_key=batch_key, species=species, chunk_size=chunk_size,
+            return self.encoder_for(method).run(src, batch_key=batch_key, species=species, chunk_size=chunk_size,
                                     min_gene_overlap=min_gene_overlap, progress=progress,
                                     keep_projected=self.ref_map is not None)
 
@@ -109,7 +121,7 @@ class SchashModel:
         {inputs}
         """
         return self.encoded(data, genes=genes, layer=layer, batch_key=batch_key, chunk_size=chunk_size,
-                            progress=progress).codes
+                            progress=progress, method=None).codes
 
     # -- annotation --------------------------------------------------------------------------
     @_docs.inputs
@@ -144,7 +156,7 @@ class SchashModel:
         """
         _args.call(len(self.ref_labels), method=method, k=k, chunk_size=chunk_size)  # before the work
         enc = self.encoded(data, genes=genes, layer=layer, batch_key=batch_key, species=species,
-                           chunk_size=chunk_size, progress=progress)
+                           chunk_size=chunk_size, progress=progress, method=method)
         return self.call(enc, method=method, k=k)
 
     def call(self, enc: Encoded, *, method: Literal["auto", "anchor", "knn", "prototype"] = "auto",
@@ -156,6 +168,10 @@ class SchashModel:
             raise InputError("method='prototype' needs each type's prototype, which this model lacks (saved before "
                              "prototypes were kept, or trained without hidden layers): retrain it, or use "
                              "method='anchor'")
+        if method == "prototype" and self.rare is not None and not enc.contested:
+            raise InputError("this encoding skipped the rare types' contest that a call by prototype needs: "
+                             "make it with model.encoded(..., method='prototype') (or 'auto'), or call with "
+                             "the method it was made for")
         if method == "prototype":  # the call's anchor distance, and how much nearer the nearest other is
             best, dist, gap = _hamming.to_anchor(enc.codes, self.packed_anchors, enc.prototype)
             nearest = dist + np.minimum(gap, 0)
@@ -253,7 +269,7 @@ class SchashModel:
         """
         self._reference_column(by)
         _args.neighbours("k", k, len(self.ref_labels))
-        enc = self.encoded(data, genes=genes, layer=layer, batch_key=batch_key, progress=progress)
+        enc = self.encoded(data, genes=genes, layer=layer, batch_key=batch_key, progress=progress, method=None)
         return self.composition_of_codes(enc.codes, by=by, k=k, cells=enc.cells)
 
     def composition_of_codes(self, codes: np.ndarray, *, by: str = "batch", k: int = 15, cells=None) -> pd.DataFrame:
@@ -330,7 +346,8 @@ class SchashModel:
         """Positions (cells × 2) of the cells of ``data`` on the reference map."""
         if self.ref_map is None:
             raise InputError("this model has no reference map; see set_reference_map()")
-        return self.ref_map.place(self.encoded(data, genes=genes, layer=layer, batch_key=batch_key).projected)
+        return self.ref_map.place(self.encoded(data, genes=genes, layer=layer, batch_key=batch_key,
+                                               method=None).projected)
 
     # -- explanation -------------------------------------------------------------------------
     @_docs.inputs

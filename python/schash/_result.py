@@ -53,7 +53,7 @@ def annotation(model: SchashModel, data, *, genes=None, layer=None, method="auto
     _args.call(len(model.ref_labels), method=method, k=k, neighbors=neighbors, chunk_size=chunk_size)
     progress = _args.progress(progress)
     enc = model.encoded(data, genes=genes, layer=layer, batch_key=batch_key, species=species,
-                        chunk_size=chunk_size, progress=progress)
+                        chunk_size=chunk_size, progress=progress, method=method)
     cells = enc.cells if cells is None else cells
     table = model.call(enc, method=method, k=k)
     table.index = cells
