@@ -194,7 +194,7 @@ def test_the_contest_runs_only_for_calls_by_prototype(rare_synth_model, synth, m
     m = rare_synth_model
     calls = []
     original = RareTypes.contest
-    monkeypatch.setattr(RareTypes, "contest", lambda self, F, call: calls.append(len(call)) or original(self, F, call))
+    monkeypatch.setattr(RareTypes, "contest", lambda self, F, near: calls.append(len(near)) or original(self, F, near))
     m.encode(synth)
     m.composition(synth, by="cell_type", k=5)
     m.predict(synth, method="anchor")
@@ -205,3 +205,41 @@ def test_the_contest_runs_only_for_calls_by_prototype(rare_synth_model, synth, m
     with pytest.raises(schash.InputError, match="rare types' contest"):
         m.call(m.encoded(synth, method=None))
     assert m.call(m.encoded(synth, method="anchor"), method="anchor").equals(m.predict(synth, method="anchor"))
+
+
+def test_nearest_prototypes_are_argmax_first_then_by_similarity():
+    from schash._rare import nearest
+
+    sims = np.random.default_rng(0).normal(size=(200, 12))
+    np.testing.assert_array_equal(nearest(sims, 3), np.argsort(-sims, axis=1, kind="stable")[:, :3])
+    ties = np.array([[1.0, 1.0, 1.0, 1.0, 0.0], [0.0, 0.5, 0.5, 0.5, 0.5]])
+    np.testing.assert_array_equal(nearest(ties, 3), [[0, 1, 2], [1, 2, 3]])
+    np.testing.assert_array_equal(nearest(sims[:, :2], 3), np.argsort(-sims[:, :2], axis=1, kind="stable"))
+
+
+def test_a_rare_type_enters_a_cells_contest_only_from_its_nearest_prototypes(cut_model):
+    rt = cut_model.rare
+    mono = cut_model.cell_types.index(CUT)
+    cells = rt.cells[rt.labels == mono]  # the monocytes' own reference cells: the contest picks them
+    other = [t for t in range(len(cut_model.cell_types)) if t != mono and t not in set(rt.rare.tolist())]
+    among = np.tile([other[0], mono, other[1]], (cells.shape[0], 1))
+    outside = np.tile([other[0], other[1], other[2]], (cells.shape[0], 1))
+    assert (rt.contest(cells, among) == mono).all()
+    assert (rt.contest(cells, outside) == other[0]).all()  # a monocyte call needs the network's say
+
+
+def test_each_cells_contest_holds_at_most_its_nearest_prototypes(pbmc68k, monkeypatch):
+    from schash._rare import NEAR, RareTypes
+
+    y = pbmc68k.obs["bulk_labels"].astype(str).to_numpy()
+    keep = np.ones(len(y), dtype=bool)
+    for t in ("CD14+ Monocyte", "CD19+ B", "CD56+ NK", "CD8+ Cytotoxic T", "CD4+/CD25 T Reg"):
+        keep[np.flatnonzero(y == t)[5:]] = False
+    m = schash.train(pbmc68k[keep].copy(), cell_type_key="bulk_labels", seed=0, max_epochs=10, progress=False)
+    assert len(m.rare.rare) >= 5
+    sizes = []
+    original = RareTypes._scores
+    monkeypatch.setattr(RareTypes, "_scores",
+                        lambda self, F, cands: sizes.append(len(cands)) or original(self, F, cands))
+    m.predict(pbmc68k)
+    assert sizes and max(sizes) <= NEAR  # without the bound, sets of every rare type and the call: 6

@@ -28,7 +28,7 @@ from . import _args, _hamming
 from ._data import Source
 from ._novelty import NoveltyScorer, margins
 from ._preprocess import Preprocessor
-from ._rare import RareTypes
+from ._rare import NEAR, RareTypes, nearest
 from ._scaled import Scaled, column_sums, dot_rows
 from ._values import check_finite_nonnegative, detect_kind
 
@@ -198,23 +198,26 @@ class Encoder:
         """
         first = self.module.net[0]
         if self.novelty is None:
-            logits, proto = self._outputs(block.linear(first.weight.detach().numpy(), first.bias.detach().numpy()))
-            return _hamming.pack(logits), None, None, self._contest(block, proto)  # sign(tanh(x)) == sign(x)
+            logits, sims = self._outputs(block.linear(first.weight.detach().numpy(), first.bias.detach().numpy()))
+            return _hamming.pack(logits), None, None, self._contest(block, sims)  # sign(tanh(x)) == sign(x)
         # typicality is judged against the reference's own scale, whatever `scale` the network uses
         pre = self.pre
         ref = block if pre.scale == "reference" else block.restat(
             np.zeros(block.shape[0], dtype=np.int64), pre.ref_mean[None], pre.ref_std[None])
         h, coords = self._first_and_projection(block, ref)
-        logits, proto = self._outputs(h)
+        logits, sims = self._outputs(h)
         codes = _hamming.pack(logits)
         return codes, coords, self.novelty.typicality(coords, margins(logits, self.anchors, codes)), \
-            self._contest(block, proto)
+            self._contest(block, sims)
 
-    def _contest(self, block: Scaled, proto: np.ndarray | None) -> np.ndarray | None:
-        """The prototype call after the rare types' contest (:mod:`schash._rare`), where the model has rare types."""
-        if proto is None or self.rare is None or block.shape[0] == 0:
-            return proto
-        return self.rare.contest(block.F, proto)
+    def _contest(self, block: Scaled, sims: np.ndarray | None) -> np.ndarray | None:
+        """The prototype call (the nearest prototype), after the rare types' contest
+        (:mod:`schash._rare`) where the model has rare types."""
+        if sims is None:
+            return None
+        if self.rare is None or block.shape[0] == 0:
+            return sims.argmax(1)
+        return self.rare.contest(block.F, nearest(sims, NEAR))
 
     def _first_and_projection(self, block: Scaled, ref_block: Scaled) -> tuple[np.ndarray, np.ndarray]:
         """The network's first-layer outputs and the novelty scorer's projection of a block; one sparse
@@ -230,12 +233,12 @@ class Encoder:
         return h[:, :n], nov.project_from(h[:, n:], block.sq_dist(nov.center))
 
     def _outputs(self, first: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Pre-tanh outputs from the first layer's, and with prototypes each cell's nearest one
-        (largest cosine with the last hidden layer: the prototypes are unit rows)."""
+        """Pre-tanh outputs from the first layer's, and with prototypes each cell's cosine with every
+        type's prototype (the last hidden layer against unit rows)."""
         if self.prototypes is None:
             return self.module.logits_from_first(first), None
         hidden, logits = self.module.hidden_and_logits_from_first(first)
-        return logits, (hidden @ self.prototypes.T).argmax(1)
+        return logits, hidden @ self.prototypes.T
 
     def run(self, src: Source, *, keep_projected: bool = False, progress: bool = False, **kwargs) -> Encoded:
         """Encode every cell of ``src``: codes and, with a novelty scorer, typicality (and with
