@@ -18,6 +18,9 @@ Tasks
   random 50/50 split ("random split").  Query cells of types absent from the reference are
   predicted but not scored (``n_dropped`` / ``dropped_types`` in the CSV).  For every task,
   the gap of each schash variant's macro F1 to the best peer's on that task.
+* Fine labels: a file with ``obs['cell_type_fine']`` as well is benchmarked a second time on
+  those labels (dataset ``stem:cell_type_fine``; mouse cortex: 48 subclasses, a third of them
+  with fewer than 10 reference cells).
 * Calls independent of the rest of the query (cross-batch folds; ``schash`` and
   ``schash-batchscale``): the fold's model annotates each query type alone (types with >= 5
   scored cells) and a skewed query (the most frequent type's cells plus a random 10 % of
@@ -146,17 +149,27 @@ def task_kind(fold: str) -> str:
 # ----------------------------------------------------------------------------- data
 
 
-def read_dataset(path):
-    """A shared dataset with ``obs["cell_type"]`` and ``obs["batch"]`` (where present) as strings."""
+def read_dataset(path, label: str = "cell_type"):
+    """A shared dataset with ``obs["cell_type"]`` (from ``obs[label]``) and ``obs["batch"]`` (where
+    present) as strings."""
     import anndata as ad
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         adata = ad.read_h5ad(path)
-    adata.obs["cell_type"] = adata.obs["cell_type"].astype(str)
+    adata.obs["cell_type"] = adata.obs[label].astype(str)
     if "batch" in adata.obs:
         adata.obs["batch"] = adata.obs["batch"].astype(str)
     return adata
+
+
+def label_columns(path) -> list[str]:
+    """``cell_type``, and ``cell_type_fine`` where the file has finer labels too (a task of its own,
+    named ``stem:cell_type_fine``: many close types, several with few reference cells)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return ["cell_type"] + (["cell_type_fine"] if "cell_type_fine" in f.get("obs", {}) else [])
 
 
 def is_counts(adata) -> bool:
@@ -1031,9 +1044,9 @@ def main(argv=None):
         pd.DataFrame(st).to_csv(args.out / "single_type.csv", index=False)
         pd.DataFrame(nov).to_csv(args.out / "novelty.csv", index=False)
 
-    for f in files:
-        ds = f.stem
-        adata = read_dataset(f)
+    for f, label in [(f, label) for f in files for label in label_columns(f)]:
+        ds = f.stem if label == "cell_type" else f"{f.stem}:{label}"
+        adata = read_dataset(f, label)
         peer = log_normalised(adata)
         print(f"{ds}: {adata.n_obs} cells × {adata.n_vars} genes, X={adata.uns.get('X_kind')}", flush=True)
         folds = splits(adata)
