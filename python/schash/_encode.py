@@ -28,7 +28,7 @@ from . import _args, _hamming
 from ._data import Source
 from ._novelty import NoveltyScorer, margins
 from ._preprocess import Preprocessor
-from ._rare import RareTypes
+from ._rare import NEAR, RareTypes, nearest
 from ._scaled import Scaled, column_sums, dot_rows
 from ._values import check_finite_nonnegative, detect_kind
 
@@ -217,7 +217,7 @@ class Encoder:
             return None
         if self.rare is None or block.shape[0] == 0:
             return sims.argmax(1)
-        return self.rare.contest(block.F, sims)
+        return self.rare.contest(block.F, nearest(sims, NEAR))
 
     def _first_and_projection(self, block: Scaled, ref_block: Scaled) -> tuple[np.ndarray, np.ndarray]:
         """The network's first-layer outputs and the novelty scorer's projection of a block; one sparse

@@ -13,12 +13,9 @@ network's call and the rare types among the cell's three nearest type prototypes
 that a cell whose call stands is never scored against all types, a call changes only where a rare
 type wins, and a rare type must first look plausible to the network.  With every rare type in the
 contest, a reference of many similar types with many rare ones lost calls to chance wins (mouse
-cortex, 48 subclasses of which 15 rare: macro F1 0.526 against 0.551 without a contest, 0.562
-with the gate), and its cost grew with the sets of rare types fine-tuned together.  Types of one
-to three cells (``TINY``) are not gated by rank, since a prototype of so few cells says little
-about where another technology puts the type: the three nearest of them always contest (panc8sub:
-0.708 against 0.704 gated by rank alone, 0.709 ungated).  At most six candidates per cell bound
-a cell's contest.  It is fitted at training on the training cells'
+cortex, 48 subclasses of which 15 rare: macro F1 0.526 against 0.551 without a contest, 0.561
+with the gate), and its cost grew with the sets of rare types fine-tuned together; with at most
+three candidates a cell's contest is bounded.  It is fitted at training on the training cells'
 features (the values the network's input is scaled from; ranks within a cell do not depend on
 normalisation or transform) and runs per chunk inside the one encoder.  Measured in
 ``bench/accuracy.py``; on a model without rare types nothing is stored or run.
@@ -36,7 +33,6 @@ from ._preprocess import stored_ranks
 QUANTILE = 0.8  # SingleR's quantile of a type's per-cell correlations
 TOLERANCE = 0.05  # SingleR's fine-tuning: types this close to the best stay in the contest
 NEAR = 3  # a rare type enters a cell's contest when its prototype is among the cell's NEAR nearest
-TINY = 4  # ... and a rare type of fewer cells when it is among the NEAR nearest of such types
 MAX_CELLS = 50  # stored reference cells per type (a seeded subsample of larger types)
 MEDIAN_CELLS = 2000  # cells per type whose median profile picks the markers
 
@@ -69,16 +65,19 @@ class RareTypes:
                    t["rare.labels"].astype(np.int64))
 
     # -- the contest ----------------------------------------------------------------------
-    def contest(self, F, sims: np.ndarray) -> np.ndarray:
-        """The calls after the contest.  ``sims`` holds each row of the features ``F`` its similarity
-        to every type's prototype: the call (the nearest prototype) stands where it wins among itself
-        and its candidates (:meth:`candidates`), else the rare type that wins takes it."""
+    def contest(self, F, near: np.ndarray) -> np.ndarray:
+        """The calls after the contest.  ``near`` holds each row of the features ``F`` its nearest type
+        prototypes, nearest first (:func:`nearest`): the call stands where it wins among itself and
+        the rare types among the others, else the rare type that wins takes it."""
         F = sparse.csr_matrix(F)
-        key = self.candidates(sims)
+        near = np.asarray(near, dtype=np.int64).reshape(F.shape[0], -1)
+        out = near[:, 0].copy()
+        is_rare = np.zeros(self.markers_from.shape[1], dtype=bool)
+        is_rare[self.rare] = True
+        key = np.column_stack([out, np.sort(np.where(is_rare[near[:, 1:]], near[:, 1:], -1), axis=1)])
         keys, inverse = np.unique(key, axis=0, return_inverse=True)
         order = np.argsort(inverse.ravel(), kind="stable")
         groups = np.split(order, np.cumsum(np.bincount(inverse.ravel(), minlength=len(keys)))[:-1])
-        out = key[:, 0].copy()
         todo = [(tuple(sorted({int(t) for t in k if t >= 0})), rows) for k, rows in zip(keys, groups, strict=True)]
         while todo:
             nxt = []
@@ -96,22 +95,6 @@ class RareTypes:
                     nxt += [(tuple(np.asarray(cands)[k]), left[inverse.ravel() == i]) for i, k in enumerate(keys)]
             todo = nxt
         return out
-
-    def candidates(self, sims: np.ndarray) -> np.ndarray:
-        """Each cell's call (column 0) and the rare types it contests with (-1 pads): the rare types
-        among its ``NEAR`` nearest prototypes, and the ``NEAR`` nearest of the tiny types (fewer
-        than ``TINY`` cells, whose prototype is those few cells: where another technology puts the
-        type's cells says little about their rank, so the network's ranking does not gate them)."""
-        near = nearest(sims, NEAR)
-        is_rare = np.zeros(sims.shape[1], dtype=bool)
-        is_rare[self.rare] = True
-        tiny = self.rare[np.bincount(self.labels, minlength=sims.shape[1])[self.rare] < TINY]
-        gated = np.where(is_rare[near[:, 1:]], near[:, 1:], -1)
-        picked = tiny[nearest(sims[:, tiny], NEAR)] if len(tiny) else np.zeros((len(sims), 0), dtype=np.int64)
-        both = np.sort(np.concatenate([gated, picked], axis=1), axis=1)
-        both[:, 1:][both[:, 1:] == both[:, :-1]] = -1  # a tiny type among the nearest counts once
-        both[both == near[:, :1]] = -1  # the call is column 0
-        return np.column_stack([near[:, 0], np.sort(both, axis=1)])
 
     def _scores(self, F: sparse.csr_matrix, cands: tuple) -> np.ndarray:
         """Cells × ``cands``: the 0.8 quantile of each cell's Spearman correlations with the stored

@@ -132,14 +132,13 @@ def train(
     rare_type_cells
         Types with fewer training cells than this are *rare*: every query cell's call is put to
         a contest between the called type and the rare types among the cell's three nearest type
-        prototypes (and the three nearest types of fewer than 4 cells), scored as SingleR scores
-        cells (Spearman correlation with each type's reference cells over marker genes,
-        fine-tuned; see :mod:`schash._rare`), and a rare type that wins takes the call.  A
-        network learns little from a handful of cells; this scores them from their expression
-        instead.  ``0`` turns it off; models without rare types store and run nothing.  Applies
-        to the prototype call (``method="auto"``, the default); measured in
-        ``bench/accuracy.py``.  With at most six candidates per cell its cost stays a few
-        seconds per 100,000 query cells however many types are rare (see the README).
+        prototypes, scored as SingleR scores cells (Spearman correlation with each type's
+        reference cells over marker genes, fine-tuned; see :mod:`schash._rare`), and a rare type
+        that wins takes the call.  A network learns little from a handful of cells; this scores
+        them from their expression instead.  ``0`` turns it off; models without rare types store
+        and run nothing.  Applies to the prototype call (``method="auto"``, the default);
+        measured in ``bench/accuracy.py``.  With at most three candidates per cell its cost stays
+        about 1 s per 100,000 query cells however many types are rare (see the README).
     basis
         An ``obsm`` key of the reference's 2-D embedding (``"X_umap"``): the model keeps it as a
         reference map, and :func:`annotate` places query cells on it (``obsm["X_schash_umap"]``;
