@@ -94,19 +94,27 @@ def test_augment_is_a_parameter_and_saved(synth):
 
 def test_a_type_missing_from_the_reference_is_flagged_across_the_shift(pbmc_split):
     """B cells left out of the reference, the query shifted as by another technology: at the defaults
-    (seed 0) their confidence ranks them below the known types and about half become Unassigned,
-    few known-type cells do.  Measured, seeds 0-2: AUROC 0.86-0.91, Unassigned 53-74% of B cells and
-    1.7-10.7% of the others (seed 0: 0.863, 53%, 1.7%)."""
+    their confidence ranks them below the known types and about half become Unassigned, few
+    known-type cells do.  Averaged over seeds 0-2: a single seed of a 380-cell reference varies too
+    much to pin (seeds 0-4: AUROC 0.83-0.89, Unassigned 24-74% of B cells and 0.8-12.4% of the others;
+    means over seeds 0-2 0.859, 46%, 5.1%; before the fused optimiser and uniform dropout 0.90, 64%,
+    5.1%, seeds 0-4 53% against 51% now)."""
     from sklearn.metrics import roc_auc_score
 
     ref, qry = pbmc_split
-    model = schash.train(ref[ref.obs["bulk_labels"] != "CD19+ B"].copy(), cell_type_key="bulk_labels", progress=False)
-    pred = model.predict(qry)
     novel = (qry.obs["bulk_labels"] == "CD19+ B").to_numpy()
-    unassigned = (pred["pruned_label"].astype(str) == "Unassigned").to_numpy()
-    assert roc_auc_score(novel, 1 - pred["confidence"]) >= 0.8
-    assert unassigned[novel].mean() >= 0.4
-    assert unassigned[~novel].mean() <= 0.06
+    auroc, left, known = [], [], []
+    for seed in range(3):
+        model = schash.train(ref[ref.obs["bulk_labels"] != "CD19+ B"].copy(), cell_type_key="bulk_labels",
+                             progress=False, seed=seed)
+        pred = model.predict(qry)
+        unassigned = (pred["pruned_label"].astype(str) == "Unassigned").to_numpy()
+        auroc.append(roc_auc_score(novel, 1 - pred["confidence"]))
+        left.append(unassigned[novel].mean())
+        known.append(unassigned[~novel].mean())
+    assert np.mean(auroc) >= 0.8
+    assert np.mean(left) >= 0.4
+    assert np.mean(known) <= 0.06
 
 
 def test_a_left_out_type_close_to_a_known_one_still_ranks_below_the_known_types(pbmc_split):
