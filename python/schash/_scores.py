@@ -2,8 +2,9 @@
 
 ``score = 1 - d / n_bits`` with ``d`` the Hamming distance between the cell's code and the
 anchor of the type: 1 on the anchor, about 0.5 for an unrelated code (anchors of different
-types are about ``n_bits / 2`` apart).  The nearest anchor (the ``label``) has the highest
-score.  Cells without expression get NaN.  Like SingleR's score matrix, for heatmaps
+types are about ``n_bits / 2`` apart).  The nearest-anchor call (``method="anchor"``) has the
+highest score; the default call by type prototype may be another type (its ``distance`` is to its
+own type's anchor).  Cells without expression get NaN.  Like SingleR's score matrix, for heatmaps
 (``schash.pl.scores``, R's ``schash_plot_scores()``) and per-type thresholds.
 """
 

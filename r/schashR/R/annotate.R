@@ -27,7 +27,9 @@
 #'
 #' The per-type score of a cell is `1 - d / n_bits`, with `d` the Hamming distance
 #' between its code and the type's anchor: 1 on the anchor, about 0.5 for unrelated
-#' codes; the label is the best-scoring type.  See [schash_scores()] and
+#' codes.  The nearest-anchor call (`method = "anchor"`) is a best-scoring type; the
+#' default call by type prototype may be another (its `schash_distance` is to its own
+#' type's anchor).  See [schash_scores()] and
 #' [schash_plot_scores()].
 #'
 #' With `neighbors = k`, each cell's `k` nearest reference cells by Hamming

@@ -150,7 +150,8 @@ schash_plot_composition <- function(object, by = "cell_type", group.by = "schash
 #'
 #' The score of a cell for a cell type is `1 - d / n_bits`, `d` being the Hamming
 #' distance between the cell's code and the type's anchor: 1 on the anchor, about 0.5
-#' for unrelated codes.  The label is the best-scoring type.  Stored by
+#' for unrelated codes.  The nearest-anchor call (`method = "anchor"`) is a best-scoring
+#' type; the default call by type prototype may be another.  Stored by
 #' [schash_annotate()] as the assay `"schash_scores"` (Seurat), the `colData` matrix
 #' column `schash_scores` (SingleCellExperiment) or the attribute `"scores"`
 #' (data.frame); Python writes the same to `obsm["schash_scores"]`.

@@ -9,9 +9,14 @@ test_that("per-type scores: a Seurat assay, an SCE colData matrix, a data.frame 
   expect_equal(colnames(sc), schash_cell_types(model))
   expect_equal(rownames(sc), colnames(p))
   expect_true(all(sc >= 0 & sc <= 1))
-  # the label is the best-scoring type; its score is 1 - distance / n_bits
-  expect_equal(colnames(sc)[max.col(sc, ties.method = "first")], as.character(a$schash_label))
-  expect_equal(unname(apply(sc, 1, max)), unname(1 - a$schash_distance / 64))
+  # the called type's score is 1 - distance / n_bits (the distance is to the call's own anchor)
+  called <- sc[cbind(seq_len(nrow(sc)), match(as.character(a$schash_label), colnames(sc)))]
+  expect_equal(unname(called), unname(1 - a$schash_distance / 64))
+  # the nearest-anchor call scores best (ties allowed); the default prototype call need not
+  an <- schash_annotate(p, model, method = "anchor", saliency = FALSE)
+  expect_equal(schash_scores(an), sc)
+  best <- sc[cbind(seq_len(nrow(sc)), match(as.character(an$schash_label), colnames(sc)))]
+  expect_equal(unname(best), unname(apply(sc, 1, max)))
   sce <- schash_annotate(pbmc_sce(), model, saliency = FALSE)
   expect_equal(schash_scores(sce), sc)
   df <- schash_annotate(assay_data(p, "counts"), model, saliency = FALSE)
