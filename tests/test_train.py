@@ -290,3 +290,23 @@ def test_loss_is_class_weighted_bce_toward_the_anchor_bits_plus_quantisation():
     bce = torch.nn.functional.binary_cross_entropy(p, target, reduction="none").mean(1)
     expected = (w * bce).sum() / w.sum() + 0.1 * ((out.abs() - 1) ** 2).mean()
     torch.testing.assert_close(_loss(out, target, w, 0.1), expected)
+
+
+def test_learning_rate_grows_with_the_square_root_of_large_batches():
+    from schash._loop import learning_rate
+
+    cfg = TrainConfig()
+    assert learning_rate(32, cfg) == learning_rate(128, cfg) == 1e-3  # small batches: exactly as before
+    assert learning_rate(512, cfg) == pytest.approx(2e-3)
+    assert learning_rate(256, cfg) == pytest.approx(1e-3 * 2**0.5)
+    assert learning_rate(512, TrainConfig(lr=5e-4)) == 5e-4  # a given rate is used as given
+    assert sizes_from_data(10_000, cfg)[0] == 512  # where the default rises
+
+
+def test_the_learning_rate_used_is_recorded_and_a_given_one_is_used(synth):
+    kw = dict(cell_type_key="cell_type", max_epochs=2, progress=False)
+    assert schash.train(synth, **kw).history["lr"] == 1e-3  # a small reference: small batches
+    m = schash.train(synth, lr=3e-3, **kw)
+    assert m.history["lr"] == 3e-3 and m.params["lr"] == 3e-3
+    with pytest.raises(schash.InputError, match="lr"):
+        schash.train(synth, lr=0, **kw)

@@ -49,7 +49,8 @@ def _check_train_args(a: dict) -> None:
         _args.whole("each hidden layer width", width)
     _args.number("dropout", a["dropout"], lo=0, hi=1, hi_open=True)
     _args.number("augment", a["augment"], lo=0, hi=1)
-    _args.number("lr", a["lr"], lo=0, lo_open=True)
+    if a["lr"] is not None:
+        _args.number("lr", a["lr"], lo=0, lo_open=True)
     _args.number("prune_quantile", a["prune_quantile"], lo=0, hi=1)
     _args.number("novelty_alpha", a["novelty_alpha"], lo=0, hi=1)
     _check_device(a["device"])
@@ -77,7 +78,7 @@ def train(
     reference_keys: list[str] | None = None,
     hidden: tuple[int, ...] = (128, 64),
     dropout: float = 0.2,
-    lr: float = 1e-3,
+    lr: float | None = None,
     batch_size: int | None = None,
     max_epochs: int | None = None,
     augment: float = 0.8,
@@ -161,6 +162,11 @@ def train(
         Unassigned and at most 5% of known-type cells (0.018: 50.6% and 4.8% in the benchmark's
         last run, and 5.1% of the cells of full-reference cross-batch queries).  ``confidence``
         ranks the rest.
+    hidden, dropout, lr, batch_size, max_epochs
+        The network's hidden layer widths and dropout, Adam's learning rate (``None``: 1e-3 for
+        batches of up to 128 cells, ``1e-3 * sqrt(batch_size / 128)`` for larger ones; see
+        :func:`schash._loop.learning_rate`), cells per batch and the most epochs (``None``: chosen
+        from the number of training cells; early stopping on a validation split ends sooner).
     seed, device, num_threads, progress
         Random seed (same seed, CPU and thread count give the same model),
         ``"auto"``/``"cpu"``/``"cuda"``, torch CPU threads while training (``None``: one
