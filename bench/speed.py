@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -210,8 +211,6 @@ def median_run(runs: list[dict], what: str) -> dict:
     ok = [r for r in runs if "seconds" in r]
     if not ok:
         return runs[0]
-    import statistics
-
     row = dict(ok[0], seconds=statistics.median(r["seconds"] for r in ok),
                peak_gb=max(r.get("peak_gb", float("nan")) for r in ok))
     if len(ok) > 1:
