@@ -574,6 +574,20 @@ def novelty_folds(folds):
 
 
 NOVELTY_COLUMNS = ("schash_confidence", "schash_typicality", "schash_unassigned_left_out", "schash_unassigned_known")
+NOVELTY_ALPHAS = (0.005, 0.01, 0.03, 0.05, 0.1)  # annotation-time novelty_alpha values beside the model's own
+
+
+def unassigned_by_alpha(model, qry, novel, warn_log) -> dict:
+    """Left-out and known-type fractions ``Unassigned`` at each of :data:`NOVELTY_ALPHAS`, from one encoding
+    of ``qry`` (``predict(novelty_alpha=)``'s calls: only the pruning changes)."""
+    q, out = Quiet(), {}
+    with q:
+        enc = model.encoded(qry)
+        for a in NOVELTY_ALPHAS:
+            un = model.call(enc, novelty_alpha=a)["pruned_label"].astype(str).to_numpy() == "Unassigned"
+            out[a] = (float(un[novel == 1].mean()), float(un[novel == 0].mean()))
+    warn_log.update(q.warnings)
+    return out
 
 
 def novelty_tasks(ds, adata, fold, ref_idx, q_idx, methods, warn_log, seeds=(SEED,)):
@@ -602,11 +616,15 @@ def novelty_tasks(ds, adata, fold, ref_idx, q_idx, methods, warn_log, seeds=(SEE
                 values = (auroc(novel, 1 - pred["confidence"].to_numpy()), auroc(novel, 1 - pred["typicality"].to_numpy()),
                           float(un[novel == 1].mean()), float(un[novel == 0].mean()))
                 row.update({f"{c}_s{seed}": v for c, v in zip(NOVELTY_COLUMNS, values, strict=True)})
+                for a, (lo, kn) in unassigned_by_alpha(model, qry, novel, warn_log).items():
+                    row[f"schash_unassigned_left_out_alpha{a}_s{seed}"] = lo
+                    row[f"schash_unassigned_known_alpha{a}_s{seed}"] = kn
                 if seed == SEED:
                     row["schash_fit_s"] = fit
             except Exception as e:  # noqa: BLE001
                 row["schash_error"] = (row.get("schash_error", "") + f" seed {seed}: {err_text(e)}").strip()
-        for c in NOVELTY_COLUMNS:
+        for c in NOVELTY_COLUMNS + tuple(f"schash_unassigned_{w}_alpha{a}" for a in NOVELTY_ALPHAS
+                                         for w in ("left_out", "known")):
             got = [row[f"{c}_s{seed}"] for seed in seeds if f"{c}_s{seed}" in row]
             if got:
                 row[c] = float(np.mean(got))
@@ -647,6 +665,27 @@ def novelty_table(nov: pd.DataFrame) -> tuple[pd.DataFrame, list[int]]:
     if errc:
         nt["note"] = nov[errc].fillna("").astype(str).agg(" ".join, axis=1).str.strip().str.slice(0, 120)
     return nt, nov_seeds
+
+
+def alpha_table(nov: pd.DataFrame) -> list[str]:
+    """The report's lines on annotation-time ``novelty_alpha``: mean Unassigned fractions at each value."""
+    have = [a for a in NOVELTY_ALPHAS if f"schash_unassigned_left_out_alpha{a}" in nov]
+    if not have:
+        return []
+    from schash._model_file import NOVELTY_ALPHA
+
+    alphas = sorted(set(have) | {None}, key=lambda a: NOVELTY_ALPHA if a is None else a)
+    rows = []
+    for a in alphas:
+        sfx = "" if a is None else f"_alpha{a}"
+        rows.append({"novelty_alpha": f"{NOVELTY_ALPHA:g} (the default)" if a is None else f"{a:g}",
+                     "Unassigned left-out": fmt(np.nanmean(nov[f"schash_unassigned_left_out{sfx}"].astype(float))),
+                     "Unassigned known": fmt(np.nanmean(nov[f"schash_unassigned_known{sfx}"].astype(float)))})
+    return ["### Unassigned by `novelty_alpha`\n",
+            ("The same models and queries annotated with other `novelty_alpha` values "
+             "(`predict(novelty_alpha=)`, R's `schash_annotate(..., novelty_alpha =)`, the CLI's "
+             "`--novelty-alpha`; only `pruned_label` changes): mean over the tasks above and the seeds.\n"),
+            md_table(pd.DataFrame(rows)), ""]
 
 
 def fmt(x, nd=3, sign=False):
@@ -929,6 +968,7 @@ def write_report(out: Path, rows: pd.DataFrame, st: pd.DataFrame, nov: pd.DataFr
                       " / ".join(fmt(v) for v in per["schash_confidence"]) + "; Unassigned left-out " +
                       " / ".join(fmt(v) for v in per["schash_unassigned_left_out"]) + ", known " +
                       " / ".join(fmt(v) for v in per["schash_unassigned_known"]) + ".", ""]
+        lines += alpha_table(nov)
         # the other side of the trade-off: known-type cells Unassigned when every query type is in the reference
         full = rows[(rows["method"] == "schash") & (rows["kind"] == "cross-batch")]["unassigned_frac"].astype(float)
         if len(full):

@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import make_counts
 from scipy import sparse
@@ -130,3 +131,34 @@ def test_majority_voting_over_a_column_and_over_computed_clusters(synth_model, s
     assert agree > 0.8
     schash.annotate(out, synth_model)  # the next run removes the voting columns
     assert not {"schash_over_clustering", "schash_majority_label"} & set(out.obs.columns)
+
+
+def test_novelty_alpha_at_annotation_moves_only_the_pruned_calls(synth_model, synth):
+    from schash._errors import InputError
+
+    model_alpha = synth_model.novelty_alpha
+    default = synth_model.predict(synth)
+    pd.testing.assert_frame_equal(default, synth_model.predict(synth, novelty_alpha=model_alpha))
+    empty = default["label"].astype(str) == "Unassigned"  # no expression: Unassigned whatever alpha
+    typical = default["typicality"] >= model_alpha
+    other = (default["pruned_label"].astype(str) == "Unassigned") & typical  # the distance threshold
+    for alpha in (0.0, 0.3, 0.6):
+        got = synth_model.predict(synth, novelty_alpha=alpha)
+        for col in ("label", "distance", "delta_next", "typicality", "confidence"):
+            assert got[col].equals(default[col]), col
+        expected = empty | other | (default["typicality"] < alpha)
+        assert ((got["pruned_label"].astype(str) == "Unassigned") == expected).all()
+        kept = ~expected
+        assert (got["pruned_label"].astype(str)[kept] == got["label"].astype(str)[kept]).all()
+    low, high = (int((synth_model.predict(synth, novelty_alpha=a)["pruned_label"] == "Unassigned").sum())
+                 for a in (0.0, 0.6))
+    assert low <= int((default["pruned_label"] == "Unassigned").sum()) < high
+    assert synth_model.novelty_alpha == model_alpha  # the model is not changed
+    a = synth.copy()
+    schash.annotate(a, synth_model, novelty_alpha=0.3)
+    assert a.uns["schash"]["params"]["novelty_alpha"] == 0.3
+    assert (a.obs["schash_pruned_label"].astype(str).to_numpy()
+            == synth_model.predict(synth, novelty_alpha=0.3)["pruned_label"].astype(str).to_numpy()).all()
+    for bad in (1.5, -0.1, "0.1", float("nan")):
+        with pytest.raises(InputError, match="novelty_alpha must be a number in"):
+            synth_model.predict(synth, novelty_alpha=bad)

@@ -53,3 +53,22 @@ def test_train_rare_type_cells(files, tmp_path):
                  "--rare-type-cells", "1000", "-o", str(model), "--no-progress"]) == 0
     m = schash.load(model)
     assert m.params["rare_type_cells"] == 1000 and len(m.rare.rare) == len(m.cell_types)  # every type is rare
+
+
+def test_annotate_novelty_alpha(files, synth_model, synth, capsys):
+    model = files / "alpha.schash"
+    synth_model.save(model)
+    for alpha in ("0.3", None):
+        out = files / f"alpha_{alpha}.csv"
+        argv = ["annotate", str(model), str(files / "ref.h5ad"), "--csv", str(out), "--no-progress"]
+        assert main(argv + (["--novelty-alpha", alpha] if alpha else [])) == 0
+        got = pd.read_csv(out, index_col=0)["schash_pruned_label"].astype(str).to_numpy()
+        want = synth_model.predict(synth, novelty_alpha=float(alpha) if alpha else None)["pruned_label"]
+        assert (got == want.astype(str).to_numpy()).all()
+    assert (pd.read_csv(files / "alpha_0.3.csv")["schash_pruned_label"] == "Unassigned").sum() > \
+        (pd.read_csv(files / "alpha_None.csv")["schash_pruned_label"] == "Unassigned").sum()
+    capsys.readouterr()
+    assert main(["annotate", str(model), str(files / "ref.h5ad"), "--csv", str(files / "bad.csv"),
+                 "--novelty-alpha", "2"]) == 2
+    assert "novelty_alpha must be a number in [0, 1], got 2.0" in capsys.readouterr().err
+    assert not (files / "bad.csv").exists()

@@ -280,6 +280,17 @@ def test_cli_streams_csv_and_parquet_identical_to_one_machine(files, cluster, tm
 
 
 @needs_dask
+def test_cli_streamed_novelty_alpha(files, tmp_path):
+    m, chunk = str(files / "m.schash"), ["--chunk-size", str(CHUNK), "--no-progress", "--novelty-alpha", "0.3"]
+    assert main(["annotate", m, str(files / "q.h5ad"), "--csv", str(tmp_path / "one.csv"), *chunk]) == 0
+    assert main(["annotate", m, str(files / "q.zarr"), "--csv", str(tmp_path / "many.csv"), *chunk]) == 0
+    assert (tmp_path / "many.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
+    assert main(["annotate", m, str(files / "q.zarr"), "--csv", str(tmp_path / "default.csv"), *chunk[:-2]]) == 0
+    un = [(pd.read_csv(tmp_path / f)["schash_pruned_label"] == "Unassigned").sum() for f in ("default.csv", "one.csv")]
+    assert un[0] < un[1]
+
+
+@needs_dask
 def test_cli_parquet_without_dask_and_h5ad_output_from_zarr(files, tmp_path):
     m = str(files / "m.schash")
     assert main(["annotate", m, str(files / "q.h5ad"), "--parquet", str(tmp_path / "a.parquet"), "--csv",

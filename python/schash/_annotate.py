@@ -29,6 +29,7 @@ def annotate(
     k: int = 15,
     batch_key: str | None = None,
     species: Literal["human", "mouse"] | None = None,
+    novelty_alpha: float | None = None,
     neighbors: int | None = None,
     over_clustering: str | None = None,
     key_added: str = "schash",
@@ -70,7 +71,8 @@ def annotate(
     A new run with the same ``key_added`` replaces every field of the earlier one; a field
     that schash did not create is never overwritten (choose another ``key_added``).
     ``progress=None`` shows bars only when stderr is an interactive terminal.  ``species``:
-    ``"mouse"`` for a mouse query on a human model (or the reverse), see :meth:`SchashModel.predict`.
+    ``"mouse"`` for a mouse query on a human model (or the reverse), and ``novelty_alpha`` (the
+typicality below which a call is ``Unassigned``; ``None``: the model's), see :meth:`SchashModel.predict`.
 
     Returns
     -------
@@ -78,7 +80,8 @@ def annotate(
     """
     if not is_anndata(adata):
         raise InputError("annotate() takes an AnnData; for a matrix use model.predict(X, genes=...)")
-    _args.call(len(model.ref_labels), method=method, k=k, neighbors=neighbors, chunk_size=chunk_size)
+    _args.call(len(model.ref_labels), method=method, k=k, neighbors=neighbors, chunk_size=chunk_size,
+               novelty_alpha=novelty_alpha)
     _args.key_added(key_added)
     clusters = None
     if over_clustering is not None:
@@ -89,7 +92,8 @@ def annotate(
     _fields_to_replace(adata, key_added, _new_keys(model, key_added, neighbors, clusters))
     result = annotation(model, adata, layer=layer, method=method, k=k, batch_key=batch_key, species=species,
                         neighbors=neighbors,
-                        clusters=clusters, chunk_size=chunk_size, progress=progress, cells=adata.obs_names)
+                        clusters=clusters, chunk_size=chunk_size, progress=progress, cells=adata.obs_names,
+                        novelty_alpha=novelty_alpha)
     if copy:
         adata = adata.copy()
     write_annotation(adata, model, result, key_added=key_added)

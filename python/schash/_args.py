@@ -79,9 +79,11 @@ def progress(value) -> bool:
 METHODS = ("auto", "anchor", "knn", "prototype")
 
 
-def call(n_reference: int, *, method, k, neighbors=None, chunk_size=8192) -> None:
+def call(n_reference: int, *, method, k, neighbors=None, chunk_size=8192, novelty_alpha=None) -> None:
     """The arguments of a call (predict, annotate, the CLI, R), for a model with ``n_reference`` cells."""
     choice("method", method, METHODS)
+    if novelty_alpha is not None:
+        number("novelty_alpha", novelty_alpha, lo=0, hi=1)
     if method == "knn":
         neighbours("k", k, n_reference)
     else:

@@ -138,13 +138,14 @@ QUERY_BATCH = "schash_query_batch"  # the obs column the query's batches travel 
 
 @_r_call
 def annotate_matrix(model, X, genes, cells, method="auto", k=15, saliency=True, n_top_cell=5, neighbors=None,
-                    batches=None, clusters=None, species=None):
+                    batches=None, clusters=None, species=None, novelty_alpha=None):
     """Annotate a cells × genes matrix.
 
     ``batches``: the query's batches, one per cell (R's ``batch=``), used like
     ``annotate(batch_key=)``: each query batch is scaled on its own.  ``clusters``: one cluster
     per cell for majority voting (R's ``over_clustering=``), or ``"codes"`` to over-cluster the
-    cells by their codes first.
+    cells by their codes first.  ``novelty_alpha``: the typicality below which a call is
+    ``Unassigned`` (``None``: the model's), as in :meth:`SchashModel.predict`.
 
     Returns a dict: ``table`` (dict of per-cell columns: label, pruned_label, distance,
     delta_next, typicality, confidence, top_genes with ``saliency``, and neighbor_batch with
@@ -169,7 +170,7 @@ def annotate_matrix(model, X, genes, cells, method="auto", k=15, saliency=True, 
     res = annotation(model, adata, method=str(method), k=int(k), batch_key=batch_key, clusters=clusters,
                      species=None if species is None else str(species),
                      neighbors=int(neighbors) if neighbors is not None and int(neighbors) > 0 else None,
-                     progress=False)
+                     progress=False, novelty_alpha=novelty_alpha)
     table = res.table
     table.index = pd.Index(list(adata.obs_names))
     out = {"codes": res.signs(model.n_bits).astype(np.int32), "saliency": None, "scores": _matrix(res.scores),

@@ -88,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--method", choices=("auto", "anchor", "knn", "prototype"), default="auto",
                    help="auto (default): prototype where the model keeps type prototypes, else anchor")
     a.add_argument("-k", type=int, default=15, help="neighbours for --method knn")
+    a.add_argument("--novelty-alpha", type=float, default=None, metavar="P",
+                   help="calls whose typicality is below P are Unassigned (default: the model's, set at "
+                        "training); raise it to catch more cells of types the reference lacks")
     a.add_argument("--over-clustering", metavar="COLUMN", help="majority voting over the clusters in this obs "
                    "column of the query (over-clustered from the codes when the query has no such column)")
     a.add_argument("--overwrite", action="store_true", help="replace existing output files (without it, an "
@@ -182,7 +185,7 @@ def _annotate(args) -> None:
                 clusters = obs[args.over_clustering].to_numpy() if args.over_clustering in obs else "codes"
         res = annotation(model, query, layer=args.layer, method=args.method, k=args.k, batch_key=args.batch_key,
                          species=args.species, clusters=clusters, chunk_size=args.chunk_size,
-                         progress=args.progress)
+                         progress=args.progress, novelty_alpha=args.novelty_alpha)
     df, enc = res.table, res.encoded
     adata = None
     if args.output:  # everything computed before the first file is written
@@ -202,7 +205,8 @@ def _annotate_streamed(args, model, src, inputs) -> None:
     from ._dask import tables
 
     plan, blocks = tables(model, src, method=args.method, k=args.k, batch_key=args.batch_key,
-                          species=args.species, chunk_size=args.chunk_size, progress=args.progress)
+                          species=args.species, chunk_size=args.chunk_size, progress=args.progress,
+                          novelty_alpha=args.novelty_alpha)
     counts = []
 
     def prefixed():

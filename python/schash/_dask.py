@@ -255,12 +255,12 @@ def _encode_block(encoder, p: Plan, X, groups, keep_projected: bool):
     return codes, coords if keep_projected else None, typ, proto, np.diff(F.indptr) == 0
 
 
-def _call_block(model, p: Plan, X, groups, cells, method, k):
+def _call_block(model, p: Plan, X, groups, cells, method, k, novelty_alpha=None):
     encoder = model.encoder_for(method)
     codes, _, typ, proto, empty = _encode_block(encoder, p, X, groups, False)
     return model.call(Encoded(cells, codes, typ, empty, p.n_genes_matched, p.kind, gene_mapping=p.gene_mapping,
                               prototype=proto, contested=encoder.rare is not None and proto is not None),
-                      method=method, k=k)
+                      method=method, k=k, novelty_alpha=novelty_alpha)
 
 
 def run(encoder, src: DaskSource, *, keep_projected: bool = False, progress: bool = False, **kwargs) -> Encoded:
@@ -279,15 +279,16 @@ def run(encoder, src: DaskSource, *, keep_projected: bool = False, progress: boo
 
 
 def tables(model, src: DaskSource, *, method="auto", k: int = 15, batch_key=None, species=None,
-           chunk_size: int = 8192, min_gene_overlap: float = 0.3, progress: bool = False):
+           chunk_size: int = 8192, min_gene_overlap: float = 0.3, progress: bool = False,
+           novelty_alpha: float | None = None):
     """``(plan, iterator)``: the per-cell table of :meth:`SchashModel.call` for each chunk, in order,
     computed on the workers; at most a window of chunks is held at a time."""
-    _args.call(len(model.ref_labels), method=method, k=k, chunk_size=chunk_size)
+    _args.call(len(model.ref_labels), method=method, k=k, chunk_size=chunk_size, novelty_alpha=novelty_alpha)
     progress = _args.progress(progress)
     p, groups = plan(model.pre, src, batch_key=batch_key, species=species, chunk_size=chunk_size,
                      min_gene_overlap=min_gene_overlap, progress=progress)
     tasks = _tasks(_call_block, [model, p], src, p.chunk_size,
-                   [(groups[a:b], src.cells[a:b], method, k) for a, b in src.bounds(p.chunk_size)])
+                   [(groups[a:b], src.cells[a:b], method, k, novelty_alpha) for a, b in src.bounds(p.chunk_size)])
     return p, _in_order(tasks, progress, "schash annotate")
 
 

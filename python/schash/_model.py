@@ -128,7 +128,8 @@ class SchashModel:
     def predict(self, data, *, genes=None, layer=None, method: Literal["auto", "anchor", "knn", "prototype"] = "auto",
                 k: int = 15,
                 batch_key: str | None = None, species: Literal["human", "mouse"] | None = None,
-                chunk_size: int = 8192, progress: bool | None = None) -> pd.DataFrame:
+                novelty_alpha: float | None = None, chunk_size: int = 8192,
+                progress: bool | None = None) -> pd.DataFrame:
         """Annotate the cells of ``data``; returns a DataFrame indexed by cell.
 
         Columns: ``label`` (nearest type), ``pruned_label`` (``"Unassigned"`` where the
@@ -153,16 +154,24 @@ class SchashModel:
             ``"auto"`` (the default) is ``"prototype"`` where the model keeps prototypes (models
             trained since they were added) and ``"anchor"`` otherwise.  Measured in
             ``bench/accuracy.py`` (``schash-anchor``, ``schash-knn``).
+        novelty_alpha
+            Calls whose ``typicality`` is below this are ``Unassigned``; ``None`` (the default): the
+            model's own (``model.novelty_alpha``, set by :func:`schash.train`, 0.018).  Only
+            ``pruned_label`` depends on it.  Raise it to catch more cells of types the reference
+            lacks at the cost of more known-type cells: measured in ``bench/accuracy.py``
+            (section 4 of its report, "Unassigned by ``novelty_alpha``").
         """
-        _args.call(len(self.ref_labels), method=method, k=k, chunk_size=chunk_size)  # before the work
+        _args.call(len(self.ref_labels), method=method, k=k, chunk_size=chunk_size,  # before the work
+                   novelty_alpha=novelty_alpha)
         enc = self.encoded(data, genes=genes, layer=layer, batch_key=batch_key, species=species,
                            chunk_size=chunk_size, progress=progress, method=method)
-        return self.call(enc, method=method, k=k)
+        return self.call(enc, method=method, k=k, novelty_alpha=novelty_alpha)
 
     def call(self, enc: Encoded, *, method: Literal["auto", "anchor", "knn", "prototype"] = "auto",
-             k: int = 15) -> pd.DataFrame:
+             k: int = 15, novelty_alpha: float | None = None) -> pd.DataFrame:
         """Turn an :class:`~schash._encode.Encoded` pass into labels (see :meth:`predict`)."""
-        _args.call(len(self.ref_labels), method=method, k=k)
+        _args.call(len(self.ref_labels), method=method, k=k, novelty_alpha=novelty_alpha)
+        alpha = self.novelty_alpha if novelty_alpha is None else float(novelty_alpha)
         method = self.resolve_method("anchor" if method == "auto" and enc.prototype is None else method)
         if method == "prototype" and enc.prototype is None:
             raise InputError("method='prototype' needs each type's prototype, which this model lacks (saved before "
@@ -195,7 +204,7 @@ class SchashModel:
         # on the benchmark's held-out-type tasks; see bench/accuracy.py)
         factor = np.minimum(1.0, enc.typicality / 0.5)
         confidence = code_score * factor
-        trusted = (enc.typicality >= self.novelty_alpha) & ~enc.empty
+        trusted = (enc.typicality >= alpha) & ~enc.empty
         keep = ~far & trusted
         labels = np.where(enc.empty, UNASSIGNED, labels)
         confidence = np.where(enc.empty, 0.0, confidence)

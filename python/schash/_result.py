@@ -43,19 +43,20 @@ class Annotation:
 
 def annotation(model: SchashModel, data, *, genes=None, layer=None, method="auto", k: int = 15,
                batch_key=None, species=None, neighbors: int | None = None, clusters=None, chunk_size: int = 8192,
-               progress=None, cells=None) -> Annotation:
+               progress=None, cells=None, novelty_alpha: float | None = None) -> Annotation:
     """Encode ``data`` once and build every output of an annotation (see :func:`schash.annotate`).
 
     ``clusters``: one cluster id per cell to vote over (majority voting, :mod:`schash._voting`),
     or ``"codes"`` to over-cluster the cells by their codes first; ``None``: no voting.
     ``cells`` overrides the cell names of the tables (an AnnData's ``obs_names`` as they are).
     """
-    _args.call(len(model.ref_labels), method=method, k=k, neighbors=neighbors, chunk_size=chunk_size)
+    _args.call(len(model.ref_labels), method=method, k=k, neighbors=neighbors, chunk_size=chunk_size,
+               novelty_alpha=novelty_alpha)
     progress = _args.progress(progress)
     enc = model.encoded(data, genes=genes, layer=layer, batch_key=batch_key, species=species,
                         chunk_size=chunk_size, progress=progress, method=method)
     cells = enc.cells if cells is None else cells
-    table = model.call(enc, method=method, k=k)
+    table = model.call(enc, method=method, k=k, novelty_alpha=novelty_alpha)
     table.index = cells
     result = Annotation(table=table, codes=enc.codes, scores=type_scores(model, enc.codes, cells, enc.empty),
                         encoded=enc)
@@ -77,8 +78,8 @@ def annotation(model: SchashModel, data, *, genes=None, layer=None, method="auto
         result.placed = model.ref_map.place(enc.projected)
     result.record = {
         "params": {"method": model.resolve_method(method), "k": k, "neighbors": neighbors, "layer": layer,
-                   "batch_key": batch_key,
-                   "n_bits": model.n_bits, "threshold": model.threshold, "novelty_alpha": model.novelty_alpha},
+                   "batch_key": batch_key, "n_bits": model.n_bits, "threshold": model.threshold,
+                   "novelty_alpha": model.novelty_alpha if novelty_alpha is None else float(novelty_alpha)},
         "n_genes_matched": enc.n_genes_matched,
         "n_genes_model": len(model.pre.genes),
         "input_kind": enc.kind,

@@ -69,7 +69,10 @@
 #'   (Seurat, SingleCellExperiment) or a vector with one value per cell.
 #' @param ... `assay`, `layer` as in [schash_train()]; `k` (neighbours for `"knn"`);
 #'   `species` (`"mouse"` for a mouse query on a human model, or the reverse: genes are
-#'   mapped by one-to-one orthologues).  Genes named otherwise than the model's (Ensembl IDs
+#'   mapped by one-to-one orthologues); `novelty_alpha` (calls whose `schash_typicality` is
+#'   below it are `"Unassigned"`; default the model's own, 0.018 unless set at training: raise
+#'   it, e.g. to 0.05, to catch more cells of types the reference lacks, at the cost of more
+#'   known-type cells; only `schash_pruned_label` changes).  Genes named otherwise than the model's (Ensembl IDs
 #'   vs symbols, version suffixes, case) are mapped automatically; how they matched is in
 #'   `Misc(object, "schash")$gene_mapping` (Seurat) / `metadata(object)$schash$gene_mapping`.
 #' @param method `"auto"` (the default: `"prototype"` where the model keeps type
@@ -173,13 +176,18 @@ schash_annotate.SingleCellExperiment <- function(object, model, ..., batch = NUL
 }
 
 annotate_matrix <- function(m, model, batch = NULL, method = "auto", saliency = TRUE, k = 15,
-                            neighbors = NULL, clusters = NULL, species = NULL, ...) {
+                            neighbors = NULL, clusters = NULL, species = NULL, novelty_alpha = NULL, ...) {
   extra <- list(...)
   if (length(extra)) {
     stop("unused argument(s): ", paste(names(extra), collapse = ", "), call. = FALSE)
   }
   method <- match.arg(method, c("auto", "anchor", "knn", "prototype"))
   neighbors <- check_neighbors(neighbors)
+  if (!is.null(novelty_alpha) && !(is.numeric(novelty_alpha) && length(novelty_alpha) == 1 &&
+                                   isTRUE(novelty_alpha >= 0 && novelty_alpha <= 1))) {
+    stop("novelty_alpha must be NULL (the model's own) or one number between 0 and 1, e.g. novelty_alpha = 0.05",
+         call. = FALSE)
+  }
   batch <- label_list(batch, ncol(m), "batch")
   if (isTRUE(clusters)) {
     clusters <- "codes"
@@ -192,7 +200,8 @@ annotate_matrix <- function(m, model, batch = NULL, method = "auto", saliency = 
   res <- py_call(schash_bridge()$annotate_matrix(py, x$X, x$genes, x$cells, method = method,
                                                  k = as.integer(k), saliency = isTRUE(saliency),
                                                  neighbors = neighbors, batches = batch,
-                                                 clusters = clusters, species = species))
+                                                 clusters = clusters, species = species,
+                                                 novelty_alpha = novelty_alpha))
   gm <- res$gene_mapping
   if (!is.null(gm$by_id_mapping)) message("schash: ", gm$summary)  # genes were matched otherwise than by name
   table <- py_table(res$table, x$cells, res$levels, res$factors)

@@ -209,3 +209,20 @@ test_that("a query in Ensembl IDs is mapped onto a model trained on symbols", {
   expect_message(by_id <- schash_annotate(m, pbmc_model(), saliency = FALSE), "through the ID/symbol table")
   expect_equal(by_id$schash_label, by_name$schash_label)
 })
+
+test_that("novelty_alpha at annotation changes only the pruned calls", {
+  skip_if_no_schash()
+  p <- pbmc()
+  model <- pbmc_model()
+  a <- schash_annotate(p, model, saliency = FALSE)
+  b <- schash_annotate(p, model, saliency = FALSE, novelty_alpha = 0.6)
+  expect_identical(a$schash_label, b$schash_label)
+  expect_identical(a$schash_typicality, b$schash_typicality)
+  un_a <- as.character(a$schash_pruned_label) == "Unassigned"
+  un_b <- as.character(b$schash_pruned_label) == "Unassigned"
+  expect_true(all(un_b[un_a]))
+  expect_gt(sum(un_b), sum(un_a))
+  expect_true(all(un_b == (un_a | b$schash_typicality < 0.6)))
+  expect_error(schash_annotate(p, model, novelty_alpha = 2), "novelty_alpha must be NULL .* between 0 and 1")
+  expect_error(schash_annotate(p, model, novelty_alpha = c(0.1, 0.2)), "novelty_alpha must be")
+})
