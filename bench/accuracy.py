@@ -635,7 +635,7 @@ def novelty_tasks(ds, adata, fold, ref_idx, q_idx, methods, warn_log, seeds=(SEE
             except Exception as e:  # noqa: BLE001
                 row["celltypist_error"] = err_text(e)
         print(f"  novelty {ds:34s} {fold:18s} left out {t!r}: " + ", ".join(
-            f"{k}={v:.3f}" for k, v in row.items() if isinstance(v, float)), flush=True)
+            f"{k}={v:.3f}" for k, v in row.items() if isinstance(v, float) and "_alpha" not in k), flush=True)
         rows.append(row)
     return rows
 

@@ -162,7 +162,8 @@ def train(
         Unassigned and at most 5% of known-type cells (0.018: 47.0% and 4.5% in the benchmark's
         last run, 50.6% and 4.8% in the run before, about 48% and 4.5% over seeds 0-9 — the first
         target lies inside the seeds' spread; 5.5% of the cells of full-reference cross-batch
-        queries).  ``confidence`` ranks the rest.
+        queries).  ``confidence`` ranks the rest.  ``predict`` and ``annotate`` take another value
+        for one annotation (``novelty_alpha=``) without changing the model.
     hidden, dropout, lr, batch_size, max_epochs
         The network's hidden layer widths and dropout, Adam's learning rate (``None``: 1e-3 for
         batches of up to 128 cells, ``1e-3 * sqrt(batch_size / 128)`` for larger ones; see
