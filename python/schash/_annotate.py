@@ -72,7 +72,7 @@ def annotate(
     that schash did not create is never overwritten (choose another ``key_added``).
     ``progress=None`` shows bars only when stderr is an interactive terminal.  ``species``:
     ``"mouse"`` for a mouse query on a human model (or the reverse), and ``novelty_alpha`` (the
-typicality below which a call is ``Unassigned``; ``None``: the model's), see :meth:`SchashModel.predict`.
+    typicality below which a call is ``Unassigned``; ``None``: the model's), see :meth:`SchashModel.predict`.
 
     Returns
     -------

@@ -159,8 +159,8 @@ def train(
         Calls whose typicality (p-value) is below this are ``Unassigned``.  Chosen on the
         cross-batch left-out-type tasks of ``bench/accuracy.py`` (seeds 0-4; see its report):
         the targets are at least half of the cells of a type missing from the reference
-        Unassigned and at most 5% of known-type cells (0.018: 47.0% and 4.5% in the benchmark's
-        last run, 50.6% and 4.8% in the run before, about 48% and 4.5% over seeds 0-9 — the first
+        Unassigned and at most 5% of known-type cells (0.018: 47.0% and 4.6% in the benchmark's
+        last run, 50.6% and 4.8% in an earlier one, about 48% and 4.5% over seeds 0-9 — the first
         target lies inside the seeds' spread; 5.5% of the cells of full-reference cross-batch
         queries).  ``confidence`` ranks the rest.  ``predict`` and ``annotate`` take another value
         for one annotation (``novelty_alpha=``) without changing the model.

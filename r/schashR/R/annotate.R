@@ -72,8 +72,9 @@
 #'   mapped by one-to-one orthologues); `novelty_alpha` (calls whose `schash_typicality` is
 #'   below it are `"Unassigned"`; default the model's own, 0.018 unless set at training: raise
 #'   it, e.g. to 0.05, to catch more cells of types the reference lacks, at the cost of more
-#'   known-type cells; only `schash_pruned_label` changes).  Genes named otherwise than the model's (Ensembl IDs
-#'   vs symbols, version suffixes, case) are mapped automatically; how they matched is in
+#'   known-type cells; only `schash_pruned_label` changes).  Genes named otherwise than the
+#'   model's (Ensembl IDs vs symbols, version suffixes, case) are mapped automatically; how they
+#'   matched is in
 #'   `Misc(object, "schash")$gene_mapping` (Seurat) / `metadata(object)$schash$gene_mapping`.
 #' @param method `"auto"` (the default: `"prototype"` where the model keeps type
 #'   prototypes, else `"anchor"`), `"prototype"`, `"anchor"` or `"knn"`.
