@@ -26,7 +26,8 @@ def test_train_annotate_info(files, capsys):
     table = pd.read_csv(files / "out.csv", index_col=0)
     assert list(table.index) == list(res.obs_names) and "schash_confidence" in table
     assert main(["info", str(model)]) == 0
-    assert "4 cell types" in capsys.readouterr().out
+    info = capsys.readouterr().out
+    assert "4 cell types" in info and "novelty_alpha=0.018" in info  # the default that --novelty-alpha overrides
     # an existing model is not overwritten silently
     assert main(["train", str(files / "ref.h5ad"), "--cell-type-key", "cell_type", "-o", str(model)]) == 2
     assert "--overwrite" in capsys.readouterr().err

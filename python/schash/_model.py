@@ -84,7 +84,8 @@ class SchashModel:
             f"SchashModel: {len(self.cell_types)} cell types, {len(self.pre.genes)} genes, {self.n_bits} bits, "
             f"{self.ref_codes.shape[0]} reference cells\n"
             f"    cell types: {', '.join(self.cell_types[:8])}{', …' if len(self.cell_types) > 8 else ''}\n"
-            f"    transform={self.pre.transform!r}, scale={self.pre.scale!r}, distance threshold={self.threshold}"
+            f"    transform={self.pre.transform!r}, scale={self.pre.scale!r}, distance threshold={self.threshold}, "
+            f"novelty_alpha={self.novelty_alpha:g}"
             + (f"\n    reference map: {self.map_name()}" if self.ref_map is not None else "")
             + (f"\n    label levels: {' > '.join(self.levels.names)}" if self.levels is not None else "")
             + (f"\n    rare types (also scored by rank correlation): "
