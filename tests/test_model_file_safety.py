@@ -118,6 +118,10 @@ def _joint_without_margins(m, t):
     del t["novelty.margin_calibration"]
 
 
+def _negative_tail(m, t):
+    m["novelty_tail"] = -0.1
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
@@ -137,6 +141,7 @@ def _joint_without_margins(m, t):
         (_joint_unsorted, "joint_calibration.*sorted"),
         (_joint_short, "one value per calibration cell"),
         (_joint_without_margins, "joint calibration needs its margin calibration"),
+        (_negative_tail, "novelty_tail must be a finite number"),
     ],
 )
 def test_inconsistent_model_file_is_refused(model_bytes, tmp_path, edit, message):

@@ -154,3 +154,73 @@ def test_with_batches_the_expression_axes_follow_types_not_the_references_batche
     # measured: 0.9997 without the batches, 0.10 with them
     assert abs(plain.components[0] @ diff) > 0.9 and abs(adjusted.components[0] @ diff) < 0.3
     np.testing.assert_allclose(adjusted.center, plain.center, atol=1e-4)  # the centre stays the reference mean
+
+
+def test_tail_keeps_conformal_p_values_up_to_the_extremes_and_falls_beyond_them():
+    from schash._novelty import P_MIN, _p_above, _p_below
+
+    rng = np.random.default_rng(5)
+    cal = np.sort(rng.exponential(1.0, size=300)).astype(np.float32)
+    n = len(cal)
+    inside = np.concatenate([cal[::7], rng.uniform(cal[0], cal[-1], 50)]).astype(np.float32)
+    np.testing.assert_array_equal(_p_above(cal, inside, 0.1), _p_above(cal, inside))
+    np.testing.assert_array_equal(_p_below(cal, inside, 0.1), _p_below(cal, inside))
+    beyond = cal[-1] + np.array([1e-4, 0.5, 1.0, 3.0, 1e4], np.float32)
+    p = _p_above(cal, beyond, 0.1)
+    assert (_p_above(cal, beyond) == 1 / (n + 1)).all()  # the conformal floor: one value for all of them
+    assert p[0] == pytest.approx(1 / (n + 1), rel=1e-3)  # continuous at the largest calibration value
+    assert (np.diff(p) < 0).all()
+    assert p[-1] == P_MIN
+    # the scale: the top 10% of the calibration values' mean excess over the value below them
+    top = cal[-30:].astype(np.float64) - cal[-31]
+    assert p[2] == pytest.approx(np.exp(-1.0 / top.mean()) / (n + 1), rel=1e-4)
+    below = _p_below(cal, cal[0] - np.array([1e-4, 1.0], np.float32), 0.1)
+    assert below[1] < below[0] < 1 / (n + 1) < _p_below(cal, cal[:1])[0]
+
+
+def test_tail_ranks_cells_beyond_the_calibration_instead_of_tying_them():
+    rng = np.random.default_rng(2)
+    s = _scorer(rng)
+    n_cal = len(s.margin_calibration)
+    s.joint_calibration = np.sort(rng.exponential(2.0, size=n_cal)).astype(np.float32)
+    coords = s.project(rng.normal(size=(30, 8)).astype(np.float32))
+    m = rng.normal(size=30)
+    far = np.linspace(3.0, 12.0, 30)  # margins ever further below every calibration margin
+    low = s.margin_calibration[0] - far
+    floor = s.typicality(coords[:1].repeat(30, 0), low)
+    assert len(np.unique(floor)) == 1  # without the tail: one p-value for all of them
+    s.tail = 0.1
+    tailed = s.typicality(coords[:1].repeat(30, 0), low)
+    assert (np.diff(tailed) <= 0).all() and (tailed <= floor).all()
+    beyond_joint = tailed < 1 / (n_cal + 1)  # Fisher's statistic beyond the joint calibration's largest too
+    assert beyond_joint.sum() >= 20 and (np.diff(tailed[beyond_joint]) < 0).all()
+    np.testing.assert_array_equal(s.typicality(coords, np.clip(m, s.margin_calibration[0], None)),
+                                  _no_tail(s).typicality(coords, np.clip(m, s.margin_calibration[0], None)))
+
+
+def _no_tail(s):
+    import dataclasses
+
+    return dataclasses.replace(s, tail=0.0)
+
+
+def test_trained_models_keep_their_tail_and_older_files_load_without_it(synth_model, tmp_path):
+    import json
+    import struct
+
+    from safetensors.numpy import load as st_load
+    from safetensors.numpy import save as st_save
+
+    from schash._novelty import TAIL
+
+    assert synth_model.novelty.tail == TAIL > 0
+    path = tmp_path / "m.schash"
+    synth_model.save(path)
+    assert schash.load(path).novelty.tail == TAIL
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    meta = json.loads(json.loads(raw[8 : 8 + n])["__metadata__"]["schash"])
+    del meta["novelty_tail"]  # as saved before the tail
+    old = tmp_path / "old.schash"
+    old.write_bytes(st_save(st_load(raw), metadata={"schash": json.dumps(meta)}))
+    assert schash.load(old).novelty.tail == 0.0

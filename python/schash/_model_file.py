@@ -49,6 +49,7 @@ def state(model) -> tuple[dict, dict]:
         "preprocessing": model.pre.to_meta(),
         "novelty_k": model.novelty.k,
         "novelty_metric": model.novelty.metric,
+        "novelty_tail": model.novelty.tail,
         "params": {**model.params, "novelty_alpha": float(model.novelty_alpha)},
         "history": model.history,
         "ref_map": model.ref_map.meta() if model.ref_map is not None else None,
@@ -72,7 +73,8 @@ def from_state(cls, t: dict, meta: dict):
         anchors=t["anchors"],
         threshold=int(meta["threshold"]),
         novelty=NoveltyScorer.from_tensors(t, k=int(meta["novelty_k"]),
-                                           metric=meta.get("novelty_metric", "euclidean")),
+                                           metric=meta.get("novelty_metric", "euclidean"),
+                                           tail=float(meta.get("novelty_tail", 0.0))),  # 0: saved before the tail
         novelty_alpha=float(meta["params"].get("novelty_alpha", LEGACY_NOVELTY_ALPHA)),
         ref_codes=t["ref_codes"],
         ref_labels=t["ref_labels"].astype(np.int64),

@@ -35,8 +35,21 @@ the combination leaves 50.2% of left-out and 4.8% of known-type cells ``Unassign
 58.2% and 6.9%: a query from another technology is moderately atypical in both views, which
 the combination weighs, where the smaller p-value waited for one view to be extreme.
 
+A conformal p-value cannot fall below ``1 / (n + 1)`` with ``n`` calibration cells, so every
+value beyond the calibration's extreme used to get that floor: with a reference of a few hundred
+cells the floor sits close to ``novelty_alpha``, and a cell whose margin lies far below every
+calibration cell's counted no more than one at their edge.  Beyond the extremes each p-value now
+goes on falling along an exponential tail fitted to the calibration's most extreme tenth
+(:func:`_p_above`); values within the calibration's range keep their p-values exactly.  On the 31
+cross-batch left-out-type tasks (seeds 0-4, the same models) it left 51.0% of left-out and 5.0% of
+known-type cells ``Unassigned`` at the default ``novelty_alpha``, against 47.0% and 4.6% (at the
+same share of known-type cells the floor would leave about 49%); nearly all of the gain is on
+CellBench's two-type references of 130-145 cells (16% to 47% of left-out cells), where the floor
+was 0.007.  AUROC is unchanged (0.872 against 0.873).
+
 Models saved before the calibrated combination keep Bonferroni; those saved before the
-cosine bank use plain Euclidean distances (``metric="euclidean"``).
+cosine bank use plain Euclidean distances (``metric="euclidean"``); those saved before the tail
+keep the conformal floor (``tail=0``).
 """
 
 from __future__ import annotations
@@ -63,6 +76,7 @@ class NoveltyScorer:
     joint_calibration: np.ndarray | None = None  # sorted Fisher statistics of calibration cells
     k: int = 10
     metric: str = "cosine"
+    tail: float = 0.0  # share of calibration extremes an exponential tail is fitted to; 0: the conformal floor
 
     def project(self, rows) -> np.ndarray:
         """PCA coordinates plus, as the last column, the norm of the residual off the PCA subspace.
@@ -107,13 +121,13 @@ class NoveltyScorer:
 
     def typicality(self, coords: np.ndarray, margins: np.ndarray | None = None) -> np.ndarray:
         """Conformal p-values in (0, 1]; each cell's depends on that cell alone."""
-        p = _p_above(self.calibration, self.distances(coords))
+        p = _p_above(self.calibration, self.distances(coords), self.tail)
         if margins is None or self.margin_calibration is None or not len(self.margin_calibration):
             return p
-        p_margin = _p_below(self.margin_calibration, margins)
+        p_margin = _p_below(self.margin_calibration, margins, self.tail)
         if self.joint_calibration is None:  # a model saved before the calibrated combination
             return np.minimum(1.0, 2.0 * np.minimum(p, p_margin))
-        return _p_above(self.joint_calibration, fisher(p, p_margin).astype(np.float32))  # as stored
+        return _p_above(self.joint_calibration, fisher(p, p_margin).astype(np.float32), self.tail)  # as stored
 
     def to_tensors(self) -> dict[str, np.ndarray]:
         t = {"novelty.components": self.components, "novelty.center": self.center,
@@ -125,19 +139,50 @@ class NoveltyScorer:
         return t
 
     @classmethod
-    def from_tensors(cls, t: dict, k: int, metric: str = "euclidean") -> NoveltyScorer:
+    def from_tensors(cls, t: dict, k: int, metric: str = "euclidean", tail: float = 0.0) -> NoveltyScorer:
         return cls(t["novelty.components"], t["novelty.center"], t["novelty.bank"], t["novelty.calibration"],
-                   t.get("novelty.margin_calibration"), t.get("novelty.joint_calibration"), k=k, metric=metric)
+                   t.get("novelty.margin_calibration"), t.get("novelty.joint_calibration"), k=k, metric=metric,
+                   tail=tail)
 
 
-def _p_above(calibration: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Conformal p-values of ``values`` against the sorted ``calibration``: larger is less typical."""
-    n_ge = len(calibration) - np.searchsorted(calibration, values, side="left")
-    return (1.0 + n_ge) / (1.0 + len(calibration))
+# the share of the calibration's most extreme values an exponential tail is fitted to (at least this
+# many of them), for values beyond the most extreme one; see _p_above
+TAIL = 0.1
+TAIL_MIN_POINTS = 5
+P_MIN = 1e-30  # the smallest p-value reported
 
 
-def _p_below(calibration: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Conformal p-values of ``values`` against the sorted ``calibration``: smaller is less typical."""
+def _p_above(calibration: np.ndarray, values: np.ndarray, tail: float = 0.0) -> np.ndarray:
+    """Conformal p-values of ``values`` against the sorted ``calibration``: larger is less typical.
+
+    A conformal p-value cannot fall below ``1 / (n + 1)``: every value beyond the largest of the
+    ``n`` calibration values gets that floor, however far beyond it lies.  With few calibration
+    cells (a reference of a few hundred cells) the floor is close to ``novelty_alpha``, so a cell
+    far outside the reference in one view counted no more than one at its edge, and tied with
+    them.  With ``tail > 0`` the p-value goes on falling beyond the largest value as the upper
+    ``tail`` share of the calibration values falls: exponentially, its scale their mean excess
+    over the value below them (a peaks-over-threshold fit with an exponential tail), down to
+    ``P_MIN``.  Values up to the largest calibration value keep their conformal p-values exactly.
+    """
+    n = len(calibration)
+    n_ge = n - np.searchsorted(calibration, values, side="left")
+    p = (1.0 + n_ge) / (1.0 + n)
+    m = min(n - 1, max(TAIL_MIN_POINTS, int(np.ceil(tail * n))))
+    if not tail or m < 1:
+        return p
+    scale = float(np.mean(np.asarray(calibration[-m:], dtype=np.float64) - float(calibration[-m - 1])))
+    beyond = n_ge == 0
+    if scale > 0 and beyond.any():
+        excess = (np.asarray(values, dtype=np.float64)[beyond] - float(calibration[-1])) / scale
+        p[beyond] = np.maximum(np.exp(-np.log1p(n) - excess), P_MIN)
+    return p
+
+
+def _p_below(calibration: np.ndarray, values: np.ndarray, tail: float = 0.0) -> np.ndarray:
+    """Conformal p-values of ``values`` against the sorted ``calibration``: smaller is less typical;
+    with ``tail``, :func:`_p_above`'s tail below the smallest calibration value."""
+    if tail:
+        return _p_above(-np.asarray(calibration)[::-1], -np.asarray(values), tail)
     return (1.0 + np.searchsorted(calibration, values, side="right")) / (1.0 + len(calibration))
 
 
@@ -197,7 +242,7 @@ def fit_novelty(X, y: np.ndarray, train_idx: np.ndarray, *, seed: int, calibrati
     pca = PCA(n_components=n_comps, svd_solver="randomized", iterated_power=2, random_state=seed).fit(rows)
     bank_idx = _stratified(train_idx, y, bank_size, rng)
     scorer = NoveltyScorer(pca.components_.astype(np.float32), pca.mean_.astype(np.float32),
-                           np.zeros((0, n_comps + 1), np.float32), np.zeros(0, np.float32), k=k)
+                           np.zeros((0, n_comps + 1), np.float32), np.zeros(0, np.float32), k=k, tail=TAIL)
     scorer.bank = scorer.project(X.rows(bank_idx))
     # every reference cell may calibrate (a bank cell is scored without itself), so small
     # references still give p-values fine enough for a small alpha

@@ -111,6 +111,8 @@ def check_meta(meta, path) -> None:
     c.is_int("novelty_k", meta["novelty_k"], 1)
     if meta.get("novelty_metric", "euclidean") not in ("cosine", "euclidean"):
         c.fail(f"novelty_metric must be 'cosine' or 'euclidean', not {str(meta.get('novelty_metric'))[:40]!r}")
+    if "novelty_tail" in meta:  # absent from models saved before the tail
+        c.is_number("novelty_tail", meta["novelty_tail"], 0, 1)
     pre = c.dict_("preprocessing", meta["preprocessing"])
     if "genes" not in pre:  # fields this check does not know are left to Preprocessor.from_meta
         c.fail("preprocessing has no 'genes' field")
