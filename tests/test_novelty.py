@@ -26,13 +26,17 @@ def _p_values(s, coords, m):
     return p_expr, p_margin
 
 
-def test_typicality_ranks_fishers_statistic_among_the_calibration_cells():
+def _with_joint_calibration():
+    """A scorer with a joint calibration, 30 query cells' coordinates and margins."""
     rng = np.random.default_rng(2)
     s = _scorer(rng)
     n_cal = len(s.margin_calibration)
     s.joint_calibration = np.sort(rng.exponential(2.0, size=n_cal)).astype(np.float32)
-    coords = s.project(rng.normal(size=(30, 8)).astype(np.float32))
-    m = rng.normal(size=30)
+    return s, n_cal, s.project(rng.normal(size=(30, 8)).astype(np.float32)), rng.normal(size=30)
+
+
+def test_typicality_ranks_fishers_statistic_among_the_calibration_cells():
+    s, n_cal, coords, m = _with_joint_calibration()
     p_expr, p_margin = _p_values(s, coords, m)
     stat = (-np.log(p_expr) - np.log(p_margin)).astype(np.float32)
     expected = np.array([(1 + (s.joint_calibration >= x).sum()) / (1 + n_cal) for x in stat])
@@ -179,12 +183,7 @@ def test_tail_keeps_conformal_p_values_up_to_the_extremes_and_falls_beyond_them(
 
 
 def test_tail_ranks_cells_beyond_the_calibration_instead_of_tying_them():
-    rng = np.random.default_rng(2)
-    s = _scorer(rng)
-    n_cal = len(s.margin_calibration)
-    s.joint_calibration = np.sort(rng.exponential(2.0, size=n_cal)).astype(np.float32)
-    coords = s.project(rng.normal(size=(30, 8)).astype(np.float32))
-    m = rng.normal(size=30)
+    s, n_cal, coords, m = _with_joint_calibration()
     far = np.linspace(3.0, 12.0, 30)  # margins ever further below every calibration margin
     low = s.margin_calibration[0] - far
     floor = s.typicality(coords[:1].repeat(30, 0), low)
