@@ -171,7 +171,7 @@ def _p_above(calibration: np.ndarray, values: np.ndarray, tail: float = 0.0) -> 
     if not tail or m < 1:
         return p
     scale = float(np.mean(np.asarray(calibration[-m:], dtype=np.float64) - float(calibration[-m - 1])))
-    beyond = n_ge == 0
+    beyond = (n_ge == 0) & (np.asarray(values) > calibration[-1])  # NaN (never expected) keeps the floor
     if scale > 0 and beyond.any():
         excess = (np.asarray(values, dtype=np.float64)[beyond] - float(calibration[-1])) / scale
         p[beyond] = np.maximum(np.exp(-np.log1p(n) - excess), P_MIN)
