@@ -161,7 +161,7 @@ def test_with_batches_the_expression_axes_follow_types_not_the_references_batche
 
 
 def test_tail_keeps_conformal_p_values_up_to_the_extremes_and_falls_beyond_them():
-    from schash._novelty import P_MIN, _p_above, _p_below
+    from schash._novelty import TAIL_REACH, _p_above, _p_below
 
     rng = np.random.default_rng(5)
     cal = np.sort(rng.exponential(1.0, size=300)).astype(np.float32)
@@ -169,12 +169,12 @@ def test_tail_keeps_conformal_p_values_up_to_the_extremes_and_falls_beyond_them(
     inside = np.concatenate([cal[::7], rng.uniform(cal[0], cal[-1], 50)]).astype(np.float32)
     np.testing.assert_array_equal(_p_above(cal, inside, 0.1), _p_above(cal, inside))
     np.testing.assert_array_equal(_p_below(cal, inside, 0.1), _p_below(cal, inside))
-    beyond = cal[-1] + np.array([1e-4, 0.5, 1.0, 3.0, 1e4], np.float32)
+    beyond = cal[-1] + np.array([1e-4, 0.5, 1.0, 1.5, 1e4], np.float32)
     p = _p_above(cal, beyond, 0.1)
     assert (_p_above(cal, beyond) == 1 / (n + 1)).all()  # the conformal floor: one value for all of them
     assert p[0] == pytest.approx(1 / (n + 1), rel=1e-3)  # continuous at the largest calibration value
     assert (np.diff(p) < 0).all()
-    assert p[-1] == P_MIN
+    assert p[-1] == pytest.approx(TAIL_REACH / (n + 1), rel=1e-12)  # the tail reaches one decade below the floor
     # the scale: the top 10% of the calibration values' mean excess over the value below them
     top = cal[-30:].astype(np.float64) - cal[-31]
     assert p[2] == pytest.approx(np.exp(-1.0 / top.mean()) / (n + 1), rel=1e-4)
@@ -184,15 +184,13 @@ def test_tail_keeps_conformal_p_values_up_to_the_extremes_and_falls_beyond_them(
 
 def test_tail_ranks_cells_beyond_the_calibration_instead_of_tying_them():
     s, n_cal, coords, m = _with_joint_calibration()
-    far = np.linspace(3.0, 12.0, 30)  # margins ever further below every calibration margin
+    far = np.linspace(0.01, 2.0, 30)  # one cell's margin ever further below every calibration margin
     low = s.margin_calibration[0] - far
     floor = s.typicality(coords[:1].repeat(30, 0), low)
     assert len(np.unique(floor)) == 1  # without the tail: one p-value for all of them
     s.tail = 0.1
     tailed = s.typicality(coords[:1].repeat(30, 0), low)
-    assert (np.diff(tailed) <= 0).all() and (tailed <= floor).all()
-    beyond_joint = tailed < 1 / (n_cal + 1)  # Fisher's statistic beyond the joint calibration's largest too
-    assert beyond_joint.sum() >= 20 and (np.diff(tailed[beyond_joint]) < 0).all()
+    assert (np.diff(tailed) <= 0).all() and (tailed <= floor).all() and len(np.unique(tailed)) >= 4
     np.testing.assert_array_equal(s.typicality(coords, np.clip(m, s.margin_calibration[0], None)),
                                   _no_tail(s).typicality(coords, np.clip(m, s.margin_calibration[0], None)))
 
