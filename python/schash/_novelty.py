@@ -41,12 +41,11 @@ cells the floor sits close to ``novelty_alpha``, and a cell whose margin lies fa
 calibration cell's counted no more than one at their edge.  Beyond the extremes each p-value now
 goes on falling along an exponential tail fitted to the calibration's most extreme tenth, down to
 a tenth of the floor (:func:`_p_above`); values within the calibration's range keep their
-p-values exactly.  On the 31
-cross-batch left-out-type tasks (seeds 0-4, the same models) it left 51.0% of left-out and 5.0% of
-known-type cells ``Unassigned`` at the default ``novelty_alpha``, against 47.0% and 4.6% (at the
-same share of known-type cells the floor would leave about 49%); nearly all of the gain is on
-CellBench's two-type references of 130-145 cells (16% to 47% of left-out cells), where the floor
-was 0.007.  AUROC is unchanged (0.873).
+p-values exactly.  On the 31 cross-batch left-out-type tasks (seeds 0-4, the same models) it left
+51.0% of left-out and 5.0% of known-type cells ``Unassigned`` at the default ``novelty_alpha``,
+against 47.0% and 4.6% (at the same share of known-type cells the floor would leave about 49%);
+nearly all of the gain is on CellBench's two-type references of 130-145 cells (16% to 47% of
+left-out cells), where the floor was 0.007.  AUROC is unchanged (0.873).
 
 Models saved before the calibrated combination keep Bonferroni; those saved before the
 cosine bank use plain Euclidean distances (``metric="euclidean"``); those saved before the tail
