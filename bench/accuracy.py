@@ -577,17 +577,19 @@ NOVELTY_COLUMNS = ("schash_confidence", "schash_typicality", "schash_unassigned_
 NOVELTY_ALPHAS = (0.005, 0.01, 0.03, 0.05, 0.1)  # annotation-time novelty_alpha values beside the model's own
 
 
-def unassigned_by_alpha(model, qry, novel, warn_log) -> dict:
-    """Left-out and known-type fractions ``Unassigned`` at each of :data:`NOVELTY_ALPHAS`, from one encoding
-    of ``qry`` (``predict(novelty_alpha=)``'s calls: only the pruning changes)."""
+def calls_by_alpha(model, qry, novel, warn_log) -> tuple[pd.DataFrame, dict]:
+    """From one encoding of ``qry``: the default calls (``model.predict(qry)``'s) and the left-out and
+    known-type fractions ``Unassigned`` at each of :data:`NOVELTY_ALPHAS` (``predict(novelty_alpha=)``'s
+    calls: only the pruning changes)."""
     q, out = Quiet(), {}
     with q:
         enc = model.encoded(qry)
+        pred = model.call(enc)
         for a in NOVELTY_ALPHAS:
             un = model.call(enc, novelty_alpha=a)["pruned_label"].astype(str).to_numpy() == "Unassigned"
             out[a] = (float(un[novel == 1].mean()), float(un[novel == 0].mean()))
     warn_log.update(q.warnings)
-    return out
+    return pred, out
 
 
 def novelty_tasks(ds, adata, fold, ref_idx, q_idx, methods, warn_log, seeds=(SEED,)):
@@ -611,12 +613,12 @@ def novelty_tasks(ds, adata, fold, ref_idx, q_idx, methods, warn_log, seeds=(SEE
         for seed in seeds if "schash" in methods else ():
             try:
                 model, fit = train_schash(ref, {}, warn_log, seed=seed)
-                pred, _ = predict_schash(model, qry, {}, warn_log)
+                pred, by_alpha = calls_by_alpha(model, qry, novel, warn_log)
                 un = pred["pruned_label"].astype(str).to_numpy() == "Unassigned"
                 values = (auroc(novel, 1 - pred["confidence"].to_numpy()), auroc(novel, 1 - pred["typicality"].to_numpy()),
                           float(un[novel == 1].mean()), float(un[novel == 0].mean()))
                 row.update({f"{c}_s{seed}": v for c, v in zip(NOVELTY_COLUMNS, values, strict=True)})
-                for a, (lo, kn) in unassigned_by_alpha(model, qry, novel, warn_log).items():
+                for a, (lo, kn) in by_alpha.items():
                     row[f"schash_unassigned_left_out_alpha{a}_s{seed}"] = lo
                     row[f"schash_unassigned_known_alpha{a}_s{seed}"] = kn
                 if seed == SEED:

@@ -168,11 +168,15 @@ class SchashModel:
                            chunk_size=chunk_size, progress=progress, method=method)
         return self.call(enc, method=method, k=k, novelty_alpha=novelty_alpha)
 
+    def alpha_for(self, novelty_alpha: float | None) -> float:
+        """The ``novelty_alpha`` an annotation uses: the one given, or the model's own (``None``)."""
+        return self.novelty_alpha if novelty_alpha is None else float(novelty_alpha)
+
     def call(self, enc: Encoded, *, method: Literal["auto", "anchor", "knn", "prototype"] = "auto",
              k: int = 15, novelty_alpha: float | None = None) -> pd.DataFrame:
         """Turn an :class:`~schash._encode.Encoded` pass into labels (see :meth:`predict`)."""
         _args.call(len(self.ref_labels), method=method, k=k, novelty_alpha=novelty_alpha)
-        alpha = self.novelty_alpha if novelty_alpha is None else float(novelty_alpha)
+        alpha = self.alpha_for(novelty_alpha)
         method = self.resolve_method("anchor" if method == "auto" and enc.prototype is None else method)
         if method == "prototype" and enc.prototype is None:
             raise InputError("method='prototype' needs each type's prototype, which this model lacks (saved before "

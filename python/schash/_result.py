@@ -79,7 +79,7 @@ def annotation(model: SchashModel, data, *, genes=None, layer=None, method="auto
     result.record = {
         "params": {"method": model.resolve_method(method), "k": k, "neighbors": neighbors, "layer": layer,
                    "batch_key": batch_key, "n_bits": model.n_bits, "threshold": model.threshold,
-                   "novelty_alpha": model.novelty_alpha if novelty_alpha is None else float(novelty_alpha)},
+                   "novelty_alpha": model.alpha_for(novelty_alpha)},
         "n_genes_matched": enc.n_genes_matched,
         "n_genes_model": len(model.pre.genes),
         "input_kind": enc.kind,
