@@ -122,6 +122,18 @@ def _negative_tail(m, t):
     m["novelty_tail"] = -0.1
 
 
+def _alignment_unsorted(m, t):
+    t["novelty.prototype_calibration"] = t["novelty.prototype_calibration"][::-1].copy()
+
+
+def _alignment_not_cosines(m, t):
+    t["novelty.prototype_calibration"] = t["novelty.prototype_calibration"] + 2.0
+
+
+def _alignment_without_prototypes(m, t):
+    del t["prototypes"]
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
@@ -142,6 +154,9 @@ def _negative_tail(m, t):
         (_joint_short, "one value per calibration cell"),
         (_joint_without_margins, "joint calibration needs its margin calibration"),
         (_negative_tail, "novelty_tail must be a finite number"),
+        (_alignment_unsorted, "prototype_calibration.*sorted"),
+        (_alignment_not_cosines, "prototype_calibration.*values in \\[-1, 1\\]"),
+        (_alignment_without_prototypes, "prototype_calibration.*needs the 'prototypes' tensor"),
     ],
 )
 def test_inconsistent_model_file_is_refused(model_bytes, tmp_path, edit, message):

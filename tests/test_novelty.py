@@ -1,12 +1,20 @@
 """The typicality: conformal p-values of the expression view and the network's margin, combined."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import make_counts
 from sklearn.metrics import roc_auc_score
 
 import schash
-from schash._novelty import NoveltyScorer, batch_adjusted, fit_novelty, joint_calibration, margins
+from schash._novelty import (
+    NoveltyScorer,
+    batch_adjusted,
+    confidence_factor,
+    fit_novelty,
+    joint_calibration,
+    margins,
+)
 from schash._scaled import Scaled
 
 
@@ -82,7 +90,7 @@ def test_fit_leaves_each_bank_cell_out_of_its_own_calibration():
     _, X, y, anchors = _small_reference(3)
     n = len(y)
     s = fit_novelty(X, y, np.arange(n), seed=0, calibration_rows=X.rows,
-                    logits=lambda z: np.tile(anchors[0], (len(z), 1)), anchors=anchors, k=1, n_comps=4)
+                    network=lambda z: (np.tile(anchors[0], (len(z), 1)), None), anchors=anchors, k=1, n_comps=4)
     assert len(s.bank) == n  # every cell is in the bank and calibrates on plain rows
     # with itself left out, no cell is at distance 0 from its nearest bank cell
     assert (s.calibration > 1e-3).all() and (np.diff(s.calibration) >= 0).all()
@@ -94,8 +102,8 @@ def test_fit_pairs_each_calibration_cells_distance_with_its_own_margin():
     rng, X, y, anchors = _small_reference(4)
     n = len(y)
     logits = lambda z: np.outer(np.abs(z[:, 0]) + 0.1, anchors[0])  # noqa: E731  margins differ by cell
-    s = fit_novelty(X, y, np.arange(n), seed=0, calibration_rows=X.rows, logits=logits, anchors=anchors,
-                    k=1, n_comps=4)
+    s = fit_novelty(X, y, np.arange(n), seed=0, calibration_rows=X.rows, network=lambda z: (logits(z), None),
+                    anchors=anchors, k=1, n_comps=4)
     rows = X.rows(np.arange(n))  # every cell calibrates and is a bank cell (scored without itself)
     d = s.distances(s.project(rows), own=np.arange(n)).astype(np.float32)
     m = margins(logits(rows), anchors).astype(np.float32)
@@ -149,7 +157,8 @@ def test_with_batches_the_expression_axes_follow_types_not_the_references_batche
     _, X = fit_preprocessor(Expr(X=ref.X, genes=ref.var_names, cells=ref.obs_names), n_top_genes=None, batches=b,
                             transform="log", scale="reference")
     anchors = np.sign(np.random.default_rng(0).normal(size=(4, 16))).astype(np.float32)
-    fit = dict(seed=0, calibration_rows=X.rows, logits=lambda z: np.tile(anchors[0], (len(z), 1)), anchors=anchors)
+    fit = dict(seed=0, calibration_rows=X.rows, network=lambda z: (np.tile(anchors[0], (len(z), 1)), None),
+               anchors=anchors)
     plain = fit_novelty(X, y, np.arange(len(y)), **fit)
     adjusted = fit_novelty(X, y, np.arange(len(y)), batches=b, **fit)
     rows = X.rows(np.arange(len(y)))
@@ -221,3 +230,53 @@ def test_trained_models_keep_their_tail_and_older_files_load_without_it(synth_mo
     old = tmp_path / "old.schash"
     old.write_bytes(st_save(st_load(raw), metadata={"schash": json.dumps(meta)}))
     assert schash.load(old).novelty.tail == 0.0
+
+
+def test_confidence_factor_keeps_typical_aligned_cells_and_scales_the_rest_in_proportion():
+    typ = np.array([1.0, 0.5, 0.25, 1.0, 1.0, 0.25, 0.01])
+    aligned = np.array([1.0, 0.1, 1.0, 0.05, 0.01, 0.05, 1.0])
+    np.testing.assert_allclose(confidence_factor(typ, aligned), [1.0, 1.0, 0.5, 0.5, 0.1, 0.25, 0.02])
+    np.testing.assert_allclose(confidence_factor(typ), [1.0, 1.0, 0.5, 1.0, 1.0, 0.5, 0.02])  # models without it
+
+
+def test_alignment_is_a_conformal_p_value_among_the_calibration_cosines():
+    s = _scorer(np.random.default_rng(5))
+    cos = np.array([-0.2, 0.3, 0.55, 0.9, 0.95])
+    assert s.alignment(cos) is None  # a model saved before the alignment: no factor
+    s.prototype_calibration = np.linspace(0.1, 0.9, 99).astype(np.float32)
+    expect = [(1 + (s.prototype_calibration <= c).sum()) / 100 for c in cos]
+    np.testing.assert_allclose(s.alignment(cos), expect)
+    assert s.alignment(None) is None
+
+
+def test_trained_models_calibrate_the_alignment_and_older_files_load_without_it(synth_model, tmp_path):
+    import json
+    import struct
+
+    from safetensors.numpy import load as st_load
+    from safetensors.numpy import save as st_save
+
+    query = make_counts(n_cells=300, seed=7)  # other baseline expression and batch effects: a shifted query
+    cal = synth_model.novelty.prototype_calibration
+    assert cal is not None and len(cal) == len(synth_model.novelty.margin_calibration)  # one per calibration cell
+    assert (np.diff(cal) >= 0).all() and -1.0 <= cal[0] <= cal[-1] <= 1.0 + 1e-6
+    enc = synth_model.encoded(query)
+    assert enc.alignment is not None and ((enc.alignment > 0) & (enc.alignment <= 1)).all()
+    table = synth_model.call(enc)
+    path = tmp_path / "m.schash"
+    synth_model.save(path)
+    pd.testing.assert_frame_equal(schash.load(path).predict(query), table)
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    tensors = st_load(raw)
+    del tensors["novelty.prototype_calibration"]  # as saved before the alignment
+    meta = json.loads(raw[8 : 8 + n])["__metadata__"]
+    old = tmp_path / "old.schash"
+    old.write_bytes(st_save(tensors, metadata=meta))
+    before = schash.load(old).predict(query)
+    # the same calls and typicality; the confidence without the alignment factor, never lower
+    assert (before["label"] == table["label"]).all() and np.array_equal(before["typicality"], table["typicality"])
+    code = before["confidence"].to_numpy()
+    factor = np.minimum(1.0, enc.alignment / 0.1)
+    np.testing.assert_allclose(table["confidence"].to_numpy(), code * factor, rtol=1e-12, atol=1e-15)
+    assert (factor < 1).any()  # some cells of this shifted query are less aligned than the calibration's tenth

@@ -26,7 +26,7 @@ from scipy import sparse
 
 from . import _args, _hamming
 from ._data import Source
-from ._novelty import NoveltyScorer, margins
+from ._novelty import NoveltyScorer, margins, prototype_cosines
 from ._preprocess import Preprocessor
 from ._rare import NEAR, RareTypes, nearest
 from ._scaled import Scaled, column_sums, dot_rows
@@ -49,6 +49,9 @@ class Encoded:
     gene_mapping: dict | None = None  # how the input's genes were matched to the model's (schash._genes)
     prototype: np.ndarray | None = None  # each cell's nearest type prototype (index); None without prototypes
     contested: bool = False  # whether ``prototype`` went through the rare types' contest (schash._rare)
+    # p-values of each cell's hidden-layer cosine with its nearest type prototype among the calibration
+    # cells' (NoveltyScorer.alignment); None where the model calibrates none
+    alignment: np.ndarray | None = None
 
 
 @dataclass
@@ -189,26 +192,26 @@ class Encoder:
         out = [_hamming.pack(self.module.logits_sparse(X.slice(s, s + chunk))) for s in range(0, X.shape[0], chunk)]
         return np.concatenate(out) if out else np.zeros((0, self.anchors.shape[1] // 8), np.uint8)
 
-    def block(self, block: Scaled) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-        """Packed codes, projected coordinates, typicality and nearest type prototype of one chunk of
-        scaled rows (the last three None where the encoder has no novelty scorer or prototypes).
+    def block(self, block: Scaled) -> tuple:
+        """Packed codes, projected coordinates, typicality, nearest type prototype and alignment of one
+        chunk of scaled rows (the last four None where the encoder has no novelty scorer or prototypes).
 
         Every value is per cell, computed from the chunk alone: chunks can be encoded anywhere
         (a Dask worker) and give what they give here.
         """
         first = self.module.net[0]
         if self.novelty is None:
-            logits, sims = self._outputs(block.linear(first.weight.detach().numpy(), first.bias.detach().numpy()))
-            return _hamming.pack(logits), None, None, self._contest(block, sims)  # sign(tanh(x)) == sign(x)
+            logits, sims, _ = self._outputs(block.linear(first.weight.detach().numpy(), first.bias.detach().numpy()))
+            return _hamming.pack(logits), None, None, self._contest(block, sims), None  # sign(tanh(x)) == sign(x)
         # typicality is judged against the reference's own scale, whatever `scale` the network uses
         pre = self.pre
         ref = block if pre.scale == "reference" else block.restat(
             np.zeros(block.shape[0], dtype=np.int64), pre.ref_mean[None], pre.ref_std[None])
         h, coords = self._first_and_projection(block, ref)
-        logits, sims = self._outputs(h)
+        logits, sims, cosines = self._outputs(h)
         codes = _hamming.pack(logits)
         return codes, coords, self.novelty.typicality(coords, margins(logits, self.anchors, codes)), \
-            self._contest(block, sims)
+            self._contest(block, sims), self.novelty.alignment(cosines)
 
     def _contest(self, block: Scaled, sims: np.ndarray | None) -> np.ndarray | None:
         """The prototype call (the nearest prototype), after the rare types' contest
@@ -232,13 +235,14 @@ class Encoder:
         n = w1.shape[0]
         return h[:, :n], nov.project_from(h[:, n:], block.sq_dist(nov.center))
 
-    def _outputs(self, first: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Pre-tanh outputs from the first layer's, and with prototypes each cell's cosine with every
-        type's prototype (the last hidden layer against unit rows)."""
+    def _outputs(self, first: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Pre-tanh outputs from the first layer's, and with prototypes each cell's similarity with every
+        type's prototype (the last hidden layer against unit rows) and its cosine with the nearest."""
         if self.prototypes is None:
-            return self.module.logits_from_first(first), None
+            return self.module.logits_from_first(first), None, None
         hidden, logits = self.module.hidden_and_logits_from_first(first)
-        return logits, hidden @ self.prototypes.T
+        sims = hidden @ self.prototypes.T
+        return logits, sims, prototype_cosines(hidden, sims)
 
     def run(self, src: Source, *, keep_projected: bool = False, progress: bool = False, **kwargs) -> Encoded:
         """Encode every cell of ``src``: codes and, with a novelty scorer, typicality (and with
@@ -261,5 +265,6 @@ def assemble(cells, parts, empty, n_genes_matched, kind, keep_projected, gene_ma
     typ = np.concatenate([p[2] for p in parts]) if parts[0][2] is not None else None
     projected = np.concatenate([p[1] for p in parts]) if keep_projected and parts[0][1] is not None else None
     proto = np.concatenate([p[3] for p in parts]) if parts[0][3] is not None else None
+    alignment = np.concatenate([p[4] for p in parts]) if parts[0][4] is not None else None
     return Encoded(cells, codes, typ, empty, n_genes_matched, kind, projected, gene_mapping, proto,
-                   contested and proto is not None)
+                   contested and proto is not None, alignment)

@@ -24,7 +24,7 @@ from ._errors import InputError, LabelKeyError, ModelFileError
 from ._levels import Hierarchy, read_labels
 from ._model_file import NOVELTY_ALPHA, from_state, state
 from ._module import HashMLP
-from ._novelty import NoveltyScorer
+from ._novelty import NoveltyScorer, confidence_factor
 from ._preprocess import Preprocessor
 from ._rare import RareTypes
 from ._refmap import ReferenceMap
@@ -139,7 +139,9 @@ class SchashModel:
         the called type's anchor), ``delta_next`` (gap to the second-nearest anchor), ``typicality`` (how typical the
         cell is of the reference, a p-value in (0, 1]) and ``confidence`` in [0, 1]: the
         code's closeness to its anchor (``"prototype"``, ``"anchor"``) or the winning vote fraction
-        among the ``k`` nearest reference cells (``method="knn"``), times ``min(1, typicality / 0.5)``.
+        among the ``k`` nearest reference cells (``method="knn"``), times ``min(1, typicality / 0.5)``
+        and ``min(1, alignment / 0.1)``, the alignment a p-value of how close the cell's last hidden
+        layer points to a type prototype (:func:`schash._novelty.confidence_factor`).
         A model trained on label levels adds ``label_<level>``, ``pruned_label_<level>`` and
         ``confidence_<level>`` for each level, ``resolved_label`` and ``resolved_level`` (:mod:`schash._levels`).
 
@@ -204,10 +206,9 @@ class SchashModel:
             best = frac.argmax(1)
             code_score = frac.max(1)
         labels = np.asarray(self.cell_types, dtype=object)[best]
-        # cells more typical than half of the held-out reference cells keep their code score;
-        # less typical ones are scaled down in proportion (this ranks left-out types lowest
-        # on the benchmark's held-out-type tasks; see bench/accuracy.py)
-        factor = np.minimum(1.0, enc.typicality / 0.5)
+        # cells typical of the reference and aligned with a type prototype keep their code score, less
+        # typical or aligned ones are scaled down in proportion (_novelty.confidence_factor)
+        factor = confidence_factor(enc.typicality, enc.alignment)
         confidence = code_score * factor
         trusted = (enc.typicality >= alpha) & ~enc.empty
         keep = ~far & trusted

@@ -50,6 +50,13 @@ class HashMLP(nn.Module):
         return self.net(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))).numpy()
 
     @torch.no_grad()
+    def hidden_and_logits_dense(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The last hidden layer's outputs and the pre-tanh outputs for dense standardised rows
+        (inference only)."""
+        hidden = self.net[:-1](torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)))
+        return hidden.numpy(), self.net[-1](hidden).numpy()
+
+    @torch.no_grad()
     def logits_sparse(self, block) -> np.ndarray:
         """Pre-tanh outputs for a :class:`~schash._scaled.Scaled` block (inference only).
 

@@ -23,7 +23,7 @@ from ._errors import InputError
 from ._logging import logger
 from ._loop import TrainConfig, calibration_rows, split, train_network
 from ._model import NOVELTY_ALPHA, SchashModel
-from ._novelty import fit_novelty
+from ._novelty import fit_novelty, prototype_cosines
 from ._preprocess import SCALES, TRANSFORMS, fit_preprocessor
 
 
@@ -214,12 +214,11 @@ def train(
         log_scale = transform == "log"
         val_idx = split(y, cfg.val_fraction, seed)[1]  # the network's validation cells (its own split)
         X_ref = X.restat(np.zeros(len(y), dtype=np.int64), pre.ref_mean[None], pre.ref_std[None])
-        module, history, novelty = _train_with_novelty(
-            X, X_ref, y, anchors, val_idx, cfg=cfg, seed=seed, device=device, progress=progress,
-            log_scale=log_scale, scale=scale, batches=b_str)
+        module, history, novelty, prototypes = _train_with_novelty(
+            X, X_ref, y, anchors, val_idx, n_types=len(types), cfg=cfg, seed=seed, device=device,
+            progress=progress, log_scale=log_scale, scale=scale, batches=b_str)
         threshold = _prune_threshold(module, calibration_rows(X, cfg, log_scale, seed + PRUNE_STREAM), val_idx,
                                      anchors, prune_quantile)
-        prototypes = type_prototypes(module, X, y, len(types))
         rare = _rare.fit(X.F, y, len(types), min_cells=rare_type_cells, seed=seed) if prototypes is not None else None
         del X, X_ref
         # the reference database: every reference cell of a known type with expression, encoded
@@ -290,12 +289,13 @@ def _prune_threshold(module, rows, val_idx: np.ndarray, anchors: np.ndarray, qua
     return int(np.clip(np.ceil(np.quantile(dist, quantile)), n_bits // 8, 3 * n_bits // 8 - 1))
 
 
-def _train_with_novelty(X, X_ref, y, anchors, val_idx, *, cfg, seed, device, progress, log_scale, scale,
+def _train_with_novelty(X, X_ref, y, anchors, val_idx, *, n_types, cfg, seed, device, progress, log_scale, scale,
                         batches=None):
     """Train the network and fit the novelty scorer side by side: the scorer's PCA, bank and
     calibration distances do not need the network, so they run in a second thread while it
-    trains (on 2 cores, ~0.6 s of a 10,000-cell reference's training); only the margins wait
-    for it.  Returns (module, history, novelty scorer): the same as one after the other."""
+    trains (on 2 cores, ~0.6 s of a 10,000-cell reference's training); only the margins and the
+    prototype cosines wait for the network and its type prototypes.  Returns (module, history, novelty
+    scorer, prototypes): the same as one after the other."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
     trained: Future = Future()
@@ -303,18 +303,28 @@ def _train_with_novelty(X, X_ref, y, anchors, val_idx, *, cfg, seed, device, pro
         novelty = pool.submit(
             fit_novelty, X_ref, y, np.setdiff1d(np.arange(len(y)), val_idx), seed=seed, anchors=anchors,
             calibration_rows=calibration_rows(X_ref, cfg, log_scale, seed),
-            logits=lambda z: trained.result().logits_dense(z),
+            network=lambda z: _outputs(*trained.result(), z),
             margin_rows=calibration_rows(X, cfg, log_scale, seed) if scale == "batch" else None, batches=batches)
         try:
             module, history, net_val_idx = train_network(X, y, anchors, cfg=cfg, seed=seed, device=device,
                                                          progress=progress, log_scale=log_scale)
+            prototypes = type_prototypes(module, X, y, n_types)
         except BaseException as exc:
             trained.set_exception(exc)  # the scorer's thread stops waiting
             raise
-        trained.set_result(module)
+        trained.set_result((module, prototypes))
         if not np.array_equal(net_val_idx, val_idx):
             raise RuntimeError("schash: the network's validation split differs from the novelty scorer's")
-        return module, history, novelty.result()
+        return module, history, novelty.result(), prototypes
+
+
+def _outputs(module, prototypes, rows):
+    """The network's pre-tanh outputs for dense ``rows`` and, with prototypes, each row's cosine with
+    its nearest one (what the novelty scorer calibrates)."""
+    if prototypes is None:
+        return module.logits_dense(rows), None
+    hidden, logits = module.hidden_and_logits_dense(rows)
+    return logits, prototype_cosines(hidden, hidden @ prototypes.T)
 
 
 def _check_device(device) -> None:

@@ -207,16 +207,22 @@ def check_tensors(meta, t: dict, path) -> None:
         c.fail("the novelty scorer's reference bank is empty")
     if "novelty.joint_calibration" in t and "novelty.margin_calibration" not in t:
         c.fail("the novelty scorer's joint calibration needs its margin calibration")
-    for name in ("novelty.calibration", "novelty.margin_calibration", "novelty.joint_calibration"):
+    for name in ("novelty.calibration", "novelty.margin_calibration", "novelty.joint_calibration",
+                 "novelty.prototype_calibration"):
         if name == "novelty.calibration" or name in t:
             cal = c.tensor(t, name, (None,), np.float32)
             if cal.size < 1 or (np.diff(cal) < 0).any():
                 c.fail(f"tensor {name!r} must be a non-empty sorted list")
+    if "novelty.prototype_calibration" in t and ("prototypes" not in t or
+                                                 np.abs(t["novelty.prototype_calibration"]).max() > 1.0 + 1e-5):
+        c.fail("tensor 'novelty.prototype_calibration' holds cosines with the type prototypes: it needs the "
+               "'prototypes' tensor and values in [-1, 1]")
     joint = t.get("novelty.joint_calibration")
     if joint is not None and joint.shape != t["novelty.margin_calibration"].shape:
         c.fail("the novelty scorer's joint and margin calibrations must hold one value per calibration cell")
     known = set(shapes) | {"anchors", "ref_mean", "ref_std", "ref_codes", "ref_labels", "ref_batches",
-                           "novelty.margin_calibration", "novelty.joint_calibration", *_NOVELTY}
+                           "novelty.margin_calibration", "novelty.joint_calibration",
+                           "novelty.prototype_calibration", *_NOVELTY}
     known |= {f"ref_meta.{k}" for k in meta_cats}
     ref_map = meta.get("ref_map")
     if ref_map is not None:  # the reference's 2-D embedding (schash._refmap)
