@@ -244,6 +244,12 @@ def auroc(is_novel, score_novel):
     return float(roc_auc_score(is_novel, s))
 
 
+def call_auroc(y_true, labels, score) -> float:
+    """AUROC of a method's per-cell score for telling its correct calls from its wrong ones (NaN where
+    every call is right, or every call wrong)."""
+    return auroc(np.asarray(labels, dtype=str) == np.asarray(y_true, dtype=str), score)
+
+
 def err_text(e: Exception) -> str:
     return f"error: {type(e).__name__}: {str(e)[:150]}"
 
@@ -436,12 +442,21 @@ def classification_task(ds, fold, adata, peer, ref_idx, q_idx, methods, r_status
         plain = predict_schash(alone, qry, {}, warn_log)[0]["label"].astype(str).to_numpy()
         row["macro_f1_norare"] = scores(y_q[scored], plain[scored])["macro_f1"]
         row["unassigned_frac"] = float((pred["pruned_label"].astype(str).to_numpy()[scored] == "Unassigned").mean())
+        labels = pred["label"].astype(str).to_numpy()[scored]
+        row["call_auroc"] = call_auroc(y_q[scored], labels, pred["confidence"].to_numpy()[scored])
+        # the same model's confidence without its alignment factor (schash._novelty.confidence_factor)
+        unaligned = dataclasses.replace(model, novelty=dataclasses.replace(model.novelty, prototype_calibration=None))
+        conf = predict_schash(unaligned, qry, {}, warn_log)[0]["confidence"].to_numpy()[scored]
+        row["call_auroc_unaligned"] = call_auroc(y_q[scored], labels, conf)
         seed_rows.append(row)
 
-    def add(method, labels=None, fit=np.nan, pred_s=np.nan, unassigned=np.nan, error=""):
+    def add(method, labels=None, fit=np.nan, pred_s=np.nan, unassigned=np.nan, error="", score=None):
         row = dict(base, method=method, fit_s=fit, predict_s=pred_s, unassigned_frac=unassigned, error=error)
         if labels is not None:
             row.update(scores(y_q[scored], np.asarray(labels, dtype=str)[scored]))
+        if labels is not None and score is not None:  # the method's own per-cell score
+            row["call_auroc"] = call_auroc(y_q[scored], np.asarray(labels, dtype=str)[scored],
+                                           np.asarray(score, dtype=float)[scored])
         rows.append(row)
         shown = error or f"macroF1={row.get('macro_f1', np.nan):.3f} acc={row.get('accuracy', np.nan):.3f}"
         print(f"  {ds:34s} {fold:22s} {method:18s} {shown}  fit={fit:.1f}s pred={pred_s:.2f}s", flush=True)
@@ -464,7 +479,7 @@ def classification_task(ds, fold, adata, peer, ref_idx, q_idx, methods, r_status
                 add(name, error=err_text(e))
                 continue
             unas = float((pred["pruned_label"].astype(str).to_numpy()[scored] == "Unassigned").mean())
-            add(name, pred["label"].astype(str).to_numpy(), fit, pred_s, unas)
+            add(name, pred["label"].astype(str).to_numpy(), fit, pred_s, unas, score=pred["confidence"].to_numpy())
             if name == "schash" and seeds:
                 add_seed(SEED, model, pred)
             if single_type and kind == "cross-batch" and name in SINGLE_TYPE_VARIANTS:
@@ -484,15 +499,15 @@ def classification_task(ds, fold, adata, peer, ref_idx, q_idx, methods, r_status
               f"({min(f1s):.3f}-{max(f1s):.3f})", flush=True)
     if "celltypist" in methods:
         try:
-            labels, _, fit, pred_s, w = run_celltypist(ref, qry)
+            labels, maxprob, fit, pred_s, w = run_celltypist(ref, qry)
             warn_log.update({f"[celltypist] {k}": v for k, v in w.items()})
-            add("celltypist", labels, fit, pred_s)
+            add("celltypist", labels, fit, pred_s, score=maxprob)
         except Exception as e:  # noqa: BLE001
             add("celltypist", error=err_text(e))
     if "knn-pca" in methods:
         try:
-            labels, _, fit, pred_s, _w = run_knn_pca(ref_log, qry_log)
-            add("knn-pca", labels, fit, pred_s)
+            labels, votes, fit, pred_s, _w = run_knn_pca(ref_log, qry_log)
+            add("knn-pca", labels, fit, pred_s, score=votes)
         except Exception as e:  # noqa: BLE001
             add("knn-pca", error=err_text(e))
     r_methods = [m for m in ("singler", "seurat") if m in methods]
@@ -509,8 +524,8 @@ def classification_task(ds, fold, adata, peer, ref_idx, q_idx, methods, r_status
             if isinstance(res[m], str):
                 add(m, error=res[m])
             else:
-                labels, _, fit, pred_s = res[m]
-                add(m, labels, fit, pred_s)
+                labels, score, fit, pred_s = res[m]
+                add(m, labels, fit, pred_s, score=score)
     return rows, st_rows, seed_rows
 
 
@@ -776,6 +791,34 @@ def single_type_summary(st: pd.DataFrame):
     return per, means
 
 
+def call_section(rows: pd.DataFrame, seeds: pd.DataFrame | None) -> list[str]:
+    """How well each method's per-cell score tells its correct calls from its wrong ones, per cross-batch task."""
+    if "call_auroc" not in rows:
+        return []
+    cb = rows[(rows["kind"] == "cross-batch") & rows["method"].isin(["schash", *PEERS])]
+    piv = cb.pivot_table(index=["dataset", "fold"], columns="method", values="call_auroc", sort=False)
+    if seeds is not None and "call_auroc" in seeds:
+        by = seeds[seeds["kind"] == "cross-batch"].groupby(["dataset", "fold"], sort=False)
+        piv["schash, mean of seeds"] = by["call_auroc"].mean().reindex(piv.index)
+        if "call_auroc_unaligned" in seeds:
+            piv["the same without alignment"] = by["call_auroc_unaligned"].mean().reindex(piv.index)
+    piv = piv.dropna(how="all")
+    if not len(piv):
+        return []
+    cols = [c for c in ["schash", "schash, mean of seeds", "the same without alignment", *PEERS] if c in piv]
+    tab = pd.DataFrame({"dataset": [i[0] for i in piv.index], "fold": [i[1] for i in piv.index],
+                        **{c: [fmt(v) for v in piv[c]] for c in cols}})
+    both = piv[cols].dropna()  # tasks where every method has wrong and right calls
+    mean = "; ".join(f"{c} {fmt(both[c].mean())}" for c in cols)
+    return ["### Does the score flag the wrong calls?\n",
+            ("Cross-batch tasks: AUROC of each method's own per-cell score for telling its correct calls from its "
+             "wrong ones among the scored query cells (schash: `confidence`, seed 0 and the mean over its seeds, "
+             "and that mean for the same models' confidence without its alignment factor; "
+             "CellTypist: maximum probability; kNN-PCA: the winning vote share; SingleR: the top score; Seurat: "
+             "`prediction.score.max`). Empty where a method made no wrong call.\n"), md_table(tab), "",
+            f"Means over the {len(both)} tasks where every method made right and wrong calls: {mean}.", ""]
+
+
 def seed_section(seeds: pd.DataFrame, gp: pd.DataFrame) -> list[str]:
     """The defaults' macro F1 over several training seeds, per task, against the task's best peer."""
     sd = seeds[seeds["error"].fillna("") == ""] if "error" in seeds else seeds
@@ -898,6 +941,7 @@ def write_report(out: Path, rows: pd.DataFrame, st: pd.DataFrame, nov: pd.DataFr
                    "the worst gap; cross-batch tasks and all tasks.\n"), md_table(gap_summary(gp)), ""]
         if seeds is not None and len(seeds) and "macro_f1" in seeds:
             lines += seed_section(seeds, gp)
+        lines += call_section(rows, seeds)
 
     # 3. single-type and skewed queries
     if len(st) and "agreement" in st:
