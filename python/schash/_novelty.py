@@ -282,7 +282,7 @@ def fit_novelty(X, y: np.ndarray, train_idx: np.ndarray, *, seed: int, calibrati
         z_parts.append(z if margin_rows is None else part)
     d = np.concatenate(d).astype(np.float32)
     scorer.calibration = np.sort(d)
-    # the network is needed only from here on (``logits`` may wait for it: see _train.py); the
+    # the network is needed only from here on (``network`` may wait for it: see _train.py); the
     # calibration rows are kept until then, at most n_calibration × genes float32 (160 MB at 2,000)
     outputs = [network(z if margin_rows is None else margin_rows(z)) for z in z_parts]
     m = np.concatenate([margins(logits, anchors) for logits, _ in outputs]).astype(np.float32)
