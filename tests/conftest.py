@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import struct
 
 import anndata as ad
 import numpy as np
@@ -33,6 +35,29 @@ def environment_as_at_start():
         yield
     finally:
         _set_environment(now)
+
+
+def split_model_file(raw: bytes):
+    """A saved model's bytes as (schash metadata dict, tensors dict)."""
+    from safetensors.numpy import load as st_load
+
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    return json.loads(header["__metadata__"]["schash"]), st_load(raw)
+
+
+def join_model_file(meta, tensors) -> bytes:
+    """Bytes of a model file from its metadata (a dict, or JSON text as it is) and tensors."""
+    from safetensors.numpy import save as st_save
+
+    return st_save(tensors, metadata={"schash": meta if isinstance(meta, str) else json.dumps(meta)})
+
+
+def edited_model_file(raw: bytes, edit) -> bytes:
+    """A saved model's bytes after ``edit(meta, tensors)`` changed its metadata or tensors in place."""
+    meta, tensors = split_model_file(raw)
+    edit(meta, tensors)
+    return join_model_file(meta, tensors)
 
 
 def make_counts(n_cells=600, n_genes=300, n_types=4, n_batches=2, seed=0, markers=15, batch_shift=0.5):

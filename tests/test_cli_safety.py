@@ -121,10 +121,11 @@ def test_train_checks_the_output_folder_before_training(files, capsys, tmp_path,
 
 
 def test_tampered_model_is_one_line(files, capsys, tmp_path):
-    from test_model_file_safety import _edited, _extra_type
+    from conftest import edited_model_file
+    from test_model_file_safety import _extra_type
 
     bad = tmp_path / "bad.schash"
-    bad.write_bytes(_edited((files / "m.schash").read_bytes(), _extra_type))
+    bad.write_bytes(edited_model_file((files / "m.schash").read_bytes(), _extra_type))
     assert main(["annotate", str(bad), str(files / "q.h5ad"), "--csv", str(tmp_path / "x.csv")]) == 2
     _one_line_error(capsys, "damaged or was edited")
     assert main(["info", str(bad)]) == 2

@@ -2,14 +2,12 @@
 
 import json
 import os
-import struct
 
 import numpy as np
 import pytest
+from conftest import edited_model_file, join_model_file, split_model_file
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
 
 import schash
 from schash import _atomic
@@ -25,22 +23,6 @@ def model_bytes(synth_model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def query(synth):
     return synth[:40].copy()
-
-
-def _split(raw):
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + n])
-    return json.loads(header["__metadata__"]["schash"]), st_load(raw)
-
-
-def _join(meta, tensors):
-    return st_save(tensors, metadata={"schash": meta if isinstance(meta, str) else json.dumps(meta)})
-
-
-def _edited(raw, edit):
-    meta, t = _split(raw)
-    edit(meta, t)
-    return _join(meta, t)
 
 
 def _load_bytes(tmp_path, data, name="x.schash"):
@@ -161,22 +143,22 @@ def _alignment_without_prototypes(m, t):
 )
 def test_inconsistent_model_file_is_refused(model_bytes, tmp_path, edit, message):
     with pytest.raises(schash.ModelFileError, match=message):
-        _load_bytes(tmp_path, _edited(model_bytes, edit))
+        _load_bytes(tmp_path, edited_model_file(model_bytes, edit))
 
 
 @pytest.mark.parametrize("text", ["{not json", "[" * 100_000 + "]" * 100_000, '"a string"'])
 def test_unreadable_metadata_is_refused(model_bytes, tmp_path, text):
-    _, t = _split(model_bytes)
+    _, t = split_model_file(model_bytes)
     with pytest.raises(schash.ModelFileError, match="metadata"):
-        _load_bytes(tmp_path, _join(text, t))
+        _load_bytes(tmp_path, join_model_file(text, t))
 
 
 def test_deeply_nested_field_is_refused(model_bytes, tmp_path):
-    meta, t = _split(model_bytes)
+    meta, t = split_model_file(model_bytes)
     meta["params"] = {"x": 1}
     text = json.dumps(meta).replace('"x": 1', '"x": ' + "[" * 50_000 + "]" * 50_000)
     with pytest.raises(schash.ModelFileError, match="metadata"):
-        _load_bytes(tmp_path, _join(text, t))
+        _load_bytes(tmp_path, join_model_file(text, t))
 
 
 # -- item 4: property-based: a mutated file loads consistently or raises ModelFileError -------------
@@ -220,15 +202,15 @@ def _mutation(draw, raw):
         return bytes(data)
     if kind == "truncate":
         return raw[: draw(st.integers(0, len(raw) - 1))]
-    meta, t = _split(raw)
+    meta, t = split_model_file(raw)
     if kind == "meta":
         paths = [p for p in _paths(meta) if p and p[0] not in ("history",)]
         path = draw(st.sampled_from(paths))
         _set(meta, path, draw(_json), draw(st.booleans()))
         try:
-            return _join(meta, t)
+            return join_model_file(meta, t)
         except ValueError:  # NaN is not JSON for safetensors' writer either way
-            return _join(json.dumps(meta, allow_nan=True), t)
+            return join_model_file(json.dumps(meta, allow_nan=True), t)
     name = draw(st.sampled_from(sorted(t)))
     a = t[name]
     change = draw(st.sampled_from(["drop", "rows", "dtype", "scale"]))
@@ -240,7 +222,7 @@ def _mutation(draw, raw):
         t[name] = a.astype(np.float64 if a.dtype != np.float64 else np.float32)
     else:
         t[name] = (a * draw(st.sampled_from([-1, 2, 100]))).astype(a.dtype)
-    return _join(meta, t)
+    return join_model_file(meta, t)
 
 
 @settings(derandomize=True, max_examples=60, deadline=None,

@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_counts
+from conftest import edited_model_file, make_counts
 from sklearn.metrics import roc_auc_score
 
 import schash
@@ -211,24 +211,14 @@ def _no_tail(s):
 
 
 def test_trained_models_keep_their_tail_and_older_files_load_without_it(synth_model, tmp_path):
-    import json
-    import struct
-
-    from safetensors.numpy import load as st_load
-    from safetensors.numpy import save as st_save
-
     from schash._novelty import TAIL
 
     assert synth_model.novelty.tail == TAIL > 0
     path = tmp_path / "m.schash"
     synth_model.save(path)
     assert schash.load(path).novelty.tail == TAIL
-    raw = path.read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    meta = json.loads(json.loads(raw[8 : 8 + n])["__metadata__"]["schash"])
-    del meta["novelty_tail"]  # as saved before the tail
     old = tmp_path / "old.schash"
-    old.write_bytes(st_save(st_load(raw), metadata={"schash": json.dumps(meta)}))
+    old.write_bytes(edited_model_file(path.read_bytes(), lambda meta, t: meta.pop("novelty_tail")))  # as saved before
     assert schash.load(old).novelty.tail == 0.0
 
 
@@ -250,12 +240,6 @@ def test_alignment_is_a_conformal_p_value_among_the_calibration_cosines():
 
 
 def test_trained_models_calibrate_the_alignment_and_older_files_load_without_it(synth_model, tmp_path):
-    import json
-    import struct
-
-    from safetensors.numpy import load as st_load
-    from safetensors.numpy import save as st_save
-
     query = make_counts(n_cells=300, seed=7)  # other baseline expression and batch effects: a shifted query
     cal = synth_model.novelty.prototype_calibration
     assert cal is not None and len(cal) == len(synth_model.novelty.margin_calibration)  # one per calibration cell
@@ -266,13 +250,8 @@ def test_trained_models_calibrate_the_alignment_and_older_files_load_without_it(
     path = tmp_path / "m.schash"
     synth_model.save(path)
     pd.testing.assert_frame_equal(schash.load(path).predict(query), table)
-    raw = path.read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    tensors = st_load(raw)
-    del tensors["novelty.prototype_calibration"]  # as saved before the alignment
-    meta = json.loads(raw[8 : 8 + n])["__metadata__"]
-    old = tmp_path / "old.schash"
-    old.write_bytes(st_save(tensors, metadata=meta))
+    old = tmp_path / "old.schash"  # as saved before the alignment
+    old.write_bytes(edited_model_file(path.read_bytes(), lambda meta, t: t.pop("novelty.prototype_calibration")))
     before = schash.load(old).predict(query)
     # the same calls and typicality; the confidence without the alignment factor, never lower
     assert (before["label"] == table["label"]).all() and np.array_equal(before["typicality"], table["typicality"])
