@@ -133,7 +133,9 @@ def test_a_chunk_gives_the_same_bits_with_any_number_of_threads():
     module = HashMLP(G, 64).eval()
     comps = np.linalg.qr(rng.normal(size=(G, 30)))[0].T.astype(f32)
     scorer = NoveltyScorer(comps, rng.normal(size=G).astype(f32), rng.normal(size=(300, 31)).astype(f32),
-                           np.sort(rng.random(5000)).astype(f32), np.sort(rng.normal(size=5000)).astype(f32))
+                           np.sort(rng.random(5000)).astype(f32), np.sort(rng.normal(size=5000)).astype(f32),
+                           clarity_coef=rng.normal(size=(4, 31)).astype(f32), clarity_intercept=np.zeros(4, f32),
+                           clarity_calibration=np.sort(rng.uniform(0.25, 1, 5000)).astype(f32))
     enc = Encoder(Preprocessor(pd.Index([f"g{i}" for i in range(G)]), mean, std), module,
                   np.sign(rng.normal(size=(4, 64))).astype(f32), scorer)
     many, threads = enc.block(block), torch.get_num_threads()

@@ -116,6 +116,27 @@ def _alignment_without_prototypes(m, t):
     del t["prototypes"]
 
 
+def _clarity_partial(m, t):
+    del t["novelty.clarity_intercept"]
+
+
+def _clarity_unsorted(m, t):
+    t["novelty.clarity_calibration"] = t["novelty.clarity_calibration"][::-1].copy()
+
+
+def _clarity_not_probabilities(m, t):
+    t["novelty.clarity_calibration"] = t["novelty.clarity_calibration"] + 1.0
+
+
+def _clarity_one_class(m, t):
+    t["novelty.clarity_coef"] = t["novelty.clarity_coef"][:1].copy()
+    t["novelty.clarity_intercept"] = t["novelty.clarity_intercept"][:1].copy()
+
+
+def _clarity_wrong_features(m, t):
+    t["novelty.clarity_coef"] = t["novelty.clarity_coef"][:, :-1].copy()
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
@@ -139,6 +160,11 @@ def _alignment_without_prototypes(m, t):
         (_alignment_unsorted, "prototype_calibration.*sorted"),
         (_alignment_not_cosines, "prototype_calibration.*values in \\[-1, 1\\]"),
         (_alignment_without_prototypes, "prototype_calibration.*needs the 'prototypes' tensor"),
+        (_clarity_partial, "clarity classifier needs the tensors"),
+        (_clarity_unsorted, "clarity classifier needs.*sorted calibration"),
+        (_clarity_not_probabilities, "clarity classifier needs.*probabilities in \\[0, 1\\]"),
+        (_clarity_one_class, "clarity classifier needs at least two classes"),
+        (_clarity_wrong_features, "clarity_coef.*shape"),
     ],
 )
 def test_inconsistent_model_file_is_refused(model_bytes, tmp_path, edit, message):

@@ -227,6 +227,9 @@ def test_confidence_factor_keeps_typical_aligned_cells_and_scales_the_rest_in_pr
     aligned = np.array([1.0, 0.1, 1.0, 0.05, 0.01, 0.05, 1.0])
     np.testing.assert_allclose(confidence_factor(typ, aligned), [1.0, 1.0, 0.5, 0.5, 0.1, 0.25, 0.02])
     np.testing.assert_allclose(confidence_factor(typ), [1.0, 1.0, 0.5, 1.0, 1.0, 0.5, 0.02])  # models without it
+    clear = np.array([0.05, 1.0, 0.1, 1.0, 0.5, 0.02, 1.0])
+    np.testing.assert_allclose(confidence_factor(typ, aligned, clear), [0.5, 1.0, 0.5, 0.5, 0.1, 0.05, 0.02])
+    np.testing.assert_allclose(confidence_factor(typ, None, clear), [0.5, 1.0, 0.5, 1.0, 1.0, 0.1, 0.02])
 
 
 def test_alignment_is_a_conformal_p_value_among_the_calibration_cosines():
@@ -259,3 +262,65 @@ def test_trained_models_calibrate_the_alignment_and_older_files_load_without_it(
     factor = np.minimum(1.0, enc.alignment / 0.1)
     np.testing.assert_allclose(table["confidence"].to_numpy(), code * factor, rtol=1e-12, atol=1e-15)
     assert (factor < 1).any()  # some cells of this shifted query are less aligned than the calibration's tenth
+
+
+@pytest.mark.parametrize("n_types", [2, 4])
+def test_clarity_classifier_gives_scikit_learns_largest_probability(n_types):
+    from sklearn.linear_model import LogisticRegression
+
+    from schash import _clarity
+
+    rng = np.random.default_rng(n_types)
+    y = rng.integers(0, n_types, 300)
+    x = rng.normal(size=(300, 5)) + y[:, None] * 0.7
+    coef, intercept = _clarity.fit(x, y)
+    assert coef.shape == (n_types, 5) and intercept.shape == (n_types,)  # a binary fit too: one row per class
+    lr = LogisticRegression(C=_clarity.C, class_weight="balanced", max_iter=1000).fit(x, y)
+    q = rng.normal(size=(50, 5)) * 2
+    np.testing.assert_allclose(_clarity.max_probability(q, coef, intercept), lr.predict_proba(q).max(1), rtol=1e-4)
+    assert _clarity.fit(x, np.zeros(300, dtype=int)) is None  # one type: nothing to be clear between
+
+
+def test_clarity_is_a_conformal_p_value_among_the_calibration_probabilities():
+    from schash import _clarity
+
+    s = _scorer(np.random.default_rng(6))
+    coords = s.project(np.random.default_rng(7).normal(size=(20, 8)).astype(np.float32))
+    assert s.clarity(coords) is None  # a model saved before the clarity: no factor
+    s.clarity_coef = np.random.default_rng(8).normal(size=(3, 4)).astype(np.float32)
+    s.clarity_intercept = np.zeros(3, np.float32)
+    s.clarity_calibration = np.linspace(0.4, 1.0, 99).astype(np.float32)
+    probs = _clarity.max_probability(s._space(coords), s.clarity_coef, s.clarity_intercept)
+    expect = [(1 + (s.clarity_calibration <= p).sum()) / 100 for p in probs]
+    np.testing.assert_allclose(s.clarity(coords), expect)
+    assert s.clarity(None) is None
+
+
+def test_trained_models_calibrate_the_clarity_and_older_files_load_without_it(synth_model, tmp_path):
+    query = make_counts(n_cells=300, seed=7)  # other baseline expression and batch effects: a shifted query
+    nov = synth_model.novelty
+    cal = nov.clarity_calibration
+    assert cal is not None and len(cal) == len(nov.margin_calibration)  # one per calibration cell
+    assert (np.diff(cal) >= 0).all() and 1.0 / len(synth_model.cell_types) - 1e-6 <= cal[0] <= cal[-1] <= 1.0 + 1e-6
+    assert nov.clarity_coef.shape == (len(synth_model.cell_types), nov.bank.shape[1])
+    enc = synth_model.encoded(query)
+    assert enc.clarity is not None and ((enc.clarity > 0) & (enc.clarity <= 1)).all()
+    table = synth_model.call(enc)
+    path = tmp_path / "m.schash"
+    synth_model.save(path)
+    pd.testing.assert_frame_equal(schash.load(path).predict(query), table)
+    old = tmp_path / "old.schash"  # as saved before the clarity
+
+    def drop(meta, t):
+        for name in ("novelty.clarity_coef", "novelty.clarity_intercept", "novelty.clarity_calibration"):
+            t.pop(name)
+
+    old.write_bytes(edited_model_file(path.read_bytes(), drop))
+    before = schash.load(old).predict(query)
+    # the same calls and typicality; the confidence without the clarity factor, never lower
+    assert (before["label"] == table["label"]).all() and np.array_equal(before["typicality"], table["typicality"])
+    factor = np.minimum(1.0, enc.clarity / 0.1)
+    np.testing.assert_allclose(table["confidence"].to_numpy(), before["confidence"].to_numpy() * factor,
+                               rtol=1e-12, atol=1e-15)
+    assert (factor < 1).any()  # some cells of this shifted query are less clear than the calibration's tenth
+

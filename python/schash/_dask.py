@@ -251,16 +251,17 @@ def _features(p: Plan, X):
 # -- chunk tasks -------------------------------------------------------------------------------------
 def _encode_block(encoder, p: Plan, X, groups, keep_projected: bool):
     F = _features(p, X)
-    codes, coords, typ, proto, alignment = encoder.block(Scaled(F, groups, p.mean, p.std, p.present, p.pre.clip))
-    return codes, coords if keep_projected else None, typ, proto, alignment, np.diff(F.indptr) == 0
+    codes, coords, typ, proto, alignment, clarity = encoder.block(Scaled(F, groups, p.mean, p.std, p.present,
+                                                                         p.pre.clip))
+    return codes, coords if keep_projected else None, typ, proto, alignment, clarity, np.diff(F.indptr) == 0
 
 
 def _call_block(model, p: Plan, X, groups, cells, method, k, novelty_alpha=None):
     encoder = model.encoder_for(method)
-    codes, _, typ, proto, alignment, empty = _encode_block(encoder, p, X, groups, False)
+    codes, _, typ, proto, alignment, clarity, empty = _encode_block(encoder, p, X, groups, False)
     return model.call(Encoded(cells, codes, typ, empty, p.n_genes_matched, p.kind, gene_mapping=p.gene_mapping,
                               prototype=proto, contested=encoder.rare is not None and proto is not None,
-                              alignment=alignment),
+                              alignment=alignment, clarity=clarity),
                       method=method, k=k, novelty_alpha=novelty_alpha)
 
 
@@ -271,9 +272,8 @@ def run(encoder, src: DaskSource, *, keep_projected: bool = False, progress: boo
     tasks = _tasks(_encode_block, [encoder, p], src, p.chunk_size,
                    [(groups[a:b], keep_projected) for a, b in bounds])
     parts, empty = [], np.zeros(src.n, dtype=bool)
-    for (a, b), (codes, coords, typ, proto, alignment, emp) in zip(
-            bounds, _in_order(tasks, progress, "schash encode"), strict=True):
-        parts.append((codes, coords, typ, proto, alignment))
+    for (a, b), (*part, emp) in zip(bounds, _in_order(tasks, progress, "schash encode"), strict=True):
+        parts.append(tuple(part))
         empty[a:b] = emp
     return assemble(src.cells, parts, empty, p.n_genes_matched, p.kind, keep_projected, p.gene_mapping,
                     contested=encoder.rare is not None)

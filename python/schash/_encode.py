@@ -52,6 +52,9 @@ class Encoded:
     # p-values of each cell's hidden-layer cosine with its nearest type prototype among the calibration
     # cells' (NoveltyScorer.alignment); None where the model calibrates none
     alignment: np.ndarray | None = None
+    # p-values of each cell's largest probability under the expression view's type classifier among the
+    # calibration cells' (NoveltyScorer.clarity); None where the model has none
+    clarity: np.ndarray | None = None
 
 
 @dataclass
@@ -193,8 +196,8 @@ class Encoder:
         return np.concatenate(out) if out else np.zeros((0, self.anchors.shape[1] // 8), np.uint8)
 
     def block(self, block: Scaled) -> tuple:
-        """Packed codes, projected coordinates, typicality, nearest type prototype and alignment of one
-        chunk of scaled rows (the last four None where the encoder has no novelty scorer or prototypes).
+        """Packed codes, projected coordinates, typicality, nearest type prototype, alignment and clarity
+        of one chunk of scaled rows (the last five None where the encoder has no novelty scorer or prototypes).
 
         Every value is per cell, computed from the chunk alone: chunks can be encoded anywhere
         (a Dask worker) and give what they give here.
@@ -202,7 +205,7 @@ class Encoder:
         first = self.module.net[0]
         if self.novelty is None:
             logits, sims, _ = self._outputs(block.linear(first.weight.detach().numpy(), first.bias.detach().numpy()))
-            return _hamming.pack(logits), None, None, self._contest(block, sims), None  # sign(tanh(x)) == sign(x)
+            return _hamming.pack(logits), None, None, self._contest(block, sims), None, None  # sign(tanh(x)) == sign(x)
         # typicality is judged against the reference's own scale, whatever `scale` the network uses
         pre = self.pre
         ref = block if pre.scale == "reference" else block.restat(
@@ -211,7 +214,7 @@ class Encoder:
         logits, sims, cosines = self._outputs(h)
         codes = _hamming.pack(logits)
         return codes, coords, self.novelty.typicality(coords, margins(logits, self.anchors, codes)), \
-            self._contest(block, sims), self.novelty.alignment(cosines)
+            self._contest(block, sims), self.novelty.alignment(cosines), self.novelty.clarity(coords)
 
     def _contest(self, block: Scaled, sims: np.ndarray | None) -> np.ndarray | None:
         """The prototype call (the nearest prototype), after the rare types' contest
@@ -265,6 +268,6 @@ def assemble(cells, parts, empty, n_genes_matched, kind, keep_projected, gene_ma
     typ = np.concatenate([p[2] for p in parts]) if parts[0][2] is not None else None
     projected = np.concatenate([p[1] for p in parts]) if keep_projected and parts[0][1] is not None else None
     proto = np.concatenate([p[3] for p in parts]) if parts[0][3] is not None else None
-    alignment = np.concatenate([p[4] for p in parts]) if parts[0][4] is not None else None
+    alignment, clarity = (np.concatenate([p[i] for p in parts]) if parts[0][i] is not None else None for i in (4, 5))
     return Encoded(cells, codes, typ, empty, n_genes_matched, kind, projected, gene_mapping, proto,
-                   contested and proto is not None, alignment)
+                   contested and proto is not None, alignment, clarity)

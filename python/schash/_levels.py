@@ -7,7 +7,7 @@ reference, whose levels must nest: every type of a level lies in one type of the
 Calls at level ``j`` (:meth:`Hierarchy.extend`):
 
 * the label is the level-``j`` parent of the fine label, so the levels always agree;
-* its confidence is the larger of two code scores (times the typicality and alignment factor
+* its confidence is the larger of two code scores (times the typicality, alignment and clarity factor
   of the fine call): the fine code score of the nearest anchor among the parent's descendants, and the
   parent's margin, ``(d_out - d_in) / half`` clipped to [0, 1], where ``d_in`` and ``d_out``
   are the distances to the nearest anchor inside and outside the parent and ``half`` is half
@@ -154,7 +154,7 @@ class Hierarchy:
         """Add each level's call, pruned call and confidence, and the resolved call, to a call table.
 
         ``table`` is the finest level's (``SchashModel.call``); ``trusted``: typical and not empty;
-        ``factor``: the typicality and alignment factor of the confidence; ``votes``: k-NN vote fractions
+        ``factor``: the typicality, alignment and clarity factor of the confidence; ``votes``: k-NN vote fractions
         (cells × types) with ``method="knn"``.  See the module docstring for the rules.
         """
         n_types = packed_anchors.shape[0]

@@ -139,9 +139,9 @@ class SchashModel:
         the called type's anchor), ``delta_next`` (gap to the second-nearest anchor), ``typicality`` (how typical the
         cell is of the reference, a p-value in (0, 1]) and ``confidence`` in [0, 1]: the
         code's closeness to its anchor (``"prototype"``, ``"anchor"``) or the winning vote fraction
-        among the ``k`` nearest reference cells (``method="knn"``), times ``min(1, typicality / 0.5)``
-        and ``min(1, alignment / 0.1)``, the alignment a p-value of how close the cell's last hidden
-        layer points to a type prototype (:func:`schash._novelty.confidence_factor`).
+        among the ``k`` nearest reference cells (``method="knn"``), times ``min(1, typicality / 0.5)`` and
+        ``min(1, p / 0.1)`` for two more p-values: how close the cell's last hidden layer points to a type
+        prototype, and how clearly its expression points to one type (:func:`schash._novelty.confidence_factor`).
         A model trained on label levels adds ``label_<level>``, ``pruned_label_<level>`` and
         ``confidence_<level>`` for each level, ``resolved_label`` and ``resolved_level`` (:mod:`schash._levels`).
 
@@ -206,9 +206,9 @@ class SchashModel:
             best = frac.argmax(1)
             code_score = frac.max(1)
         labels = np.asarray(self.cell_types, dtype=object)[best]
-        # cells typical of the reference and aligned with a type prototype keep their code score, less
-        # typical or aligned ones are scaled down in proportion (_novelty.confidence_factor)
-        factor = confidence_factor(enc.typicality, enc.alignment)
+        # cells typical of the reference, aligned with a type prototype and clear in expression keep their
+        # code score, the others are scaled down in proportion (_novelty.confidence_factor)
+        factor = confidence_factor(enc.typicality, enc.alignment, enc.clarity)
         confidence = code_score * factor
         trusted = (enc.typicality >= alpha) & ~enc.empty
         keep = ~far & trusted

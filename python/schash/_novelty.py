@@ -48,12 +48,14 @@ nearly all of the gain is on CellBench's two-type references of 130-145 cells (1
 left-out cells), where the floor was 0.007.  AUROC is unchanged (0.873).
 
 The confidence also reads how close a cell's last hidden layer points to its nearest type
-prototype, calibrated on the same cells (:func:`confidence_factor`); it does not enter the
-typicality, so it decides no ``Unassigned`` call.
+prototype and how clearly its expression points to one type (:mod:`schash._clarity`), both
+calibrated on the same cells (:func:`confidence_factor`); neither enters the typicality, so neither
+decides an ``Unassigned`` call.
 
 Models saved before the calibrated combination keep Bonferroni; those saved before the
 cosine bank use plain Euclidean distances (``metric="euclidean"``); those saved before the tail
-keep the conformal floor (``tail=0``); those saved before the alignment have a confidence without it.
+keep the conformal floor (``tail=0``); those saved before the alignment or the clarity have a confidence
+without it.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
-from . import _hamming
+from . import _clarity, _hamming
 from ._scaled import dot_rows
 
 METRICS = ("cosine", "euclidean")
@@ -84,6 +86,11 @@ class NoveltyScorer:
     # sorted cosines of the calibration cells' last hidden layer with their nearest type prototype (the
     # confidence's alignment factor); None in models without prototypes or saved before it
     prototype_calibration: np.ndarray | None = None
+    # the expression view's type classifier and its calibration cells' sorted largest probabilities (the
+    # confidence's clarity factor, schash._clarity); None in models saved before it
+    clarity_coef: np.ndarray | None = None
+    clarity_intercept: np.ndarray | None = None
+    clarity_calibration: np.ndarray | None = None
 
     def project(self, rows) -> np.ndarray:
         """PCA coordinates plus, as the last column, the norm of the residual off the PCA subspace.
@@ -144,6 +151,15 @@ class NoveltyScorer:
             return None
         return _p_below(self.prototype_calibration, cosines)
 
+    def clarity(self, projected: np.ndarray | None) -> np.ndarray | None:
+        """Conformal p-values of cells' largest class probability under the expression view's type
+        classifier (:mod:`schash._clarity`) among the calibration cells': smaller is less clear.  None
+        where the model has no such classifier or no coordinates are given."""
+        if projected is None or self.clarity_calibration is None:
+            return None
+        probs = _clarity.max_probability(self._space(projected), self.clarity_coef, self.clarity_intercept)
+        return _p_below(self.clarity_calibration, probs)
+
     def to_tensors(self) -> dict[str, np.ndarray]:
         t = {"novelty.components": self.components, "novelty.center": self.center,
              "novelty.bank": self.bank, "novelty.calibration": self.calibration}
@@ -153,13 +169,18 @@ class NoveltyScorer:
             t["novelty.joint_calibration"] = self.joint_calibration
         if self.prototype_calibration is not None:
             t["novelty.prototype_calibration"] = self.prototype_calibration
+        if self.clarity_calibration is not None:
+            t.update({"novelty.clarity_coef": self.clarity_coef, "novelty.clarity_intercept": self.clarity_intercept,
+                      "novelty.clarity_calibration": self.clarity_calibration})
         return t
 
     @classmethod
     def from_tensors(cls, t: dict, k: int, metric: str = "euclidean", tail: float = 0.0) -> NoveltyScorer:
         return cls(t["novelty.components"], t["novelty.center"], t["novelty.bank"], t["novelty.calibration"],
                    t.get("novelty.margin_calibration"), t.get("novelty.joint_calibration"), k=k, metric=metric,
-                   tail=tail, prototype_calibration=t.get("novelty.prototype_calibration"))
+                   tail=tail, prototype_calibration=t.get("novelty.prototype_calibration"),
+                   clarity_coef=t.get("novelty.clarity_coef"), clarity_intercept=t.get("novelty.clarity_intercept"),
+                   clarity_calibration=t.get("novelty.clarity_calibration"))
 
 
 # the share of the calibration's most extreme values an exponential tail is fitted to (at least this
@@ -269,19 +290,26 @@ def fit_novelty(X, y: np.ndarray, train_idx: np.ndarray, *, seed: int, calibrati
     scorer = NoveltyScorer(pca.components_.astype(np.float32), pca.mean_.astype(np.float32),
                            np.zeros((0, n_comps + 1), np.float32), np.zeros(0, np.float32), k=k, tail=TAIL)
     scorer.bank = scorer.project(X.rows(bank_idx))
+    classifier = _clarity.fit(scorer._space(scorer.bank), y[bank_idx])
     # every reference cell may calibrate (a bank cell is scored without itself), so small
     # references still give p-values fine enough for a small alpha
     cal_idx = np.sort(rng.choice(len(y), min(len(y), n_calibration), replace=False))
     own = np.full(len(y), -1, dtype=np.int64)
     own[bank_idx] = np.arange(len(bank_idx))
-    d, z_parts = [], []
+    d, probs, z_parts = [], [], []
     for s in range(0, len(cal_idx), 4096):
         part = cal_idx[s : s + 4096]
         z = calibration_rows(part)
-        d.append(scorer.distances(scorer.project(z), own=own[part]))
+        projected = scorer.project(z)
+        d.append(scorer.distances(projected, own=own[part]))
+        if classifier is not None:
+            probs.append(_clarity.max_probability(scorer._space(projected), *classifier))
         z_parts.append(z if margin_rows is None else part)
     d = np.concatenate(d).astype(np.float32)
     scorer.calibration = np.sort(d)
+    if classifier is not None:
+        scorer.clarity_coef, scorer.clarity_intercept = classifier
+        scorer.clarity_calibration = np.sort(np.concatenate(probs)).astype(np.float32)
     # the network is needed only from here on (``network`` may wait for it: see _train.py); the
     # calibration rows are kept until then, at most n_calibration × genes float32 (160 MB at 2,000)
     outputs = [network(z if margin_rows is None else margin_rows(z)) for z in z_parts]
@@ -293,33 +321,39 @@ def fit_novelty(X, y: np.ndarray, train_idx: np.ndarray, *, seed: int, calibrati
     return scorer
 
 
-# the confidence keeps a call's code score for cells at least this typical (typicality) and at least
-# this aligned with a type prototype (alignment), and scales it down in proportion below
+# the confidence keeps a call's code score for cells at least this typical (typicality), this aligned
+# with a type prototype (alignment) and this clear in expression (clarity); below, it scales down in proportion
 CONFIDENT_TYPICALITY = 0.5
 CONFIDENT_ALIGNMENT = 0.1
+CONFIDENT_CLARITY = 0.1
 
 
-def confidence_factor(typicality: np.ndarray, alignment: np.ndarray | None = None) -> np.ndarray:
+def confidence_factor(typicality: np.ndarray, alignment: np.ndarray | None = None,
+                      clarity: np.ndarray | None = None) -> np.ndarray:
     """What a call's code score is multiplied by to give its confidence: ``min(1, typicality / 0.5)``
-    and, where the model calibrates it, ``min(1, alignment / 0.1)``.
+    and, where the model calibrates them, ``min(1, alignment / 0.1)`` and ``min(1, clarity / 0.1)``.
 
-    The typicality factor ranks cells of types the reference lacks lowest.  The alignment is how
-    close a cell's last hidden layer points to its nearest type prototype, as a p-value among the
-    (augmented) calibration cells: the tenth least aligned of those and any cell below them lose
-    confidence in proportion.  The network's outputs collapse on the few directions that separate the
-    reference's types (one, for two types), where a new type can land deep on a known type's side;
-    its hidden layer keeps more.  Measured in ``bench/accuracy.py`` with the same models (calls,
-    typicality and ``Unassigned`` unchanged): on the 31 cross-batch left-out-type tasks the AUROC of
-    ``1 - confidence`` for the left-out cells rose from 0.873 to 0.893 (CellBench's two-type references
-    0.90 to 0.98), and on the cross-batch tasks with every type known the confidence tells wrong calls
-    from right ones with AUROC 0.900 against 0.882 (means over seeds 0-4).  On the fine-grained guard
-    (pbmc68k_reduced, close subtypes) the left-out-type AUROC fell from 0.680 to 0.673 (NK cells 0.655
-    to 0.613).  Known-type cells across batches keep a median confidence of about 0.70 against 0.82
-    (a harness); a threshold of 0.5 instead of 0.1 ranked about as well (0.896) but halved it.
+    The typicality factor ranks cells of types the reference lacks lowest. The alignment is how close a
+    cell's last hidden layer points to its nearest type prototype, the clarity how clearly its
+    expression points to one reference type (:mod:`schash._clarity`), each as a p-value among the
+    (augmented) calibration cells: the tenth least aligned or clear of those and any cell below them
+    lose confidence in proportion. The network's outputs collapse on the few directions that separate
+    the reference's types (one, for two types), where a new type can land deep on a known type's side;
+    its hidden layer keeps more, and the expression more still. Measured in ``bench/accuracy.py`` with
+    the same models (calls, typicality and ``Unassigned`` unchanged), on the 31 cross-batch
+    left-out-type tasks, AUROC of ``1 - confidence`` for the left-out cells (means over seeds 0-4):
+    0.873 with the typicality alone, 0.893 with the alignment (CellBench's two-type references 0.90 to
+    0.98), 0.900 with the clarity too (CellBench 0.996). Where every type is known the confidence tells
+    wrong calls from right ones with AUROC 0.905 (0.900 before the clarity, 0.882 before the alignment).
+    On the fine-grained guard (pbmc68k_reduced, close subtypes) the left-out-type AUROC was 0.680, 0.673
+    and 0.672 (NK cells 0.655, 0.613 and 0.603). Known-type cells across batches keep a median
+    confidence of about 0.67 (0.70 before the clarity, 0.82 with the typicality alone; a harness).
     """
     factor = np.minimum(1.0, typicality / CONFIDENT_TYPICALITY)
     if alignment is not None:
         factor = factor * np.minimum(1.0, alignment / CONFIDENT_ALIGNMENT)
+    if clarity is not None:
+        factor = factor * np.minimum(1.0, clarity / CONFIDENT_CLARITY)
     return factor
 
 

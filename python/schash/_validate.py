@@ -23,6 +23,7 @@ TRANSFORMS = ("log", "rank")
 SCALES = ("batch", "reference")
 _PRE_NUMBERS = {"target_sum": (0, False), "clip": (0, False), "std_floor": (0, True)}
 _NOVELTY = ("novelty.components", "novelty.center", "novelty.bank", "novelty.calibration")
+_CLARITY = ("novelty.clarity_coef", "novelty.clarity_intercept", "novelty.clarity_calibration")
 
 
 class _Checker:
@@ -217,12 +218,13 @@ def check_tensors(meta, t: dict, path) -> None:
                                                  np.abs(t["novelty.prototype_calibration"]).max() > 1.0 + 1e-5):
         c.fail("tensor 'novelty.prototype_calibration' holds cosines with the type prototypes: it needs the "
                "'prototypes' tensor and values in [-1, 1]")
+    _clarity(c, t, bank.shape[1])
     joint = t.get("novelty.joint_calibration")
     if joint is not None and joint.shape != t["novelty.margin_calibration"].shape:
         c.fail("the novelty scorer's joint and margin calibrations must hold one value per calibration cell")
     known = set(shapes) | {"anchors", "ref_mean", "ref_std", "ref_codes", "ref_labels", "ref_batches",
                            "novelty.margin_calibration", "novelty.joint_calibration",
-                           "novelty.prototype_calibration", *_NOVELTY}
+                           "novelty.prototype_calibration", *_NOVELTY, *_CLARITY}
     known |= {f"ref_meta.{k}" for k in meta_cats}
     ref_map = meta.get("ref_map")
     if ref_map is not None:  # the reference's 2-D embedding (schash._refmap)
@@ -275,3 +277,19 @@ def _check_rare(c: _Checker, t: dict, n_types: int, n_genes: int) -> set:
     if len(np.unique(labels)) != n_types:
         c.fail("tensor 'rare.labels' must hold stored cells of every type")
     return set(_RARE)
+
+
+def _clarity(c, t, n_features: int) -> None:
+    """The expression view's type classifier (schash._clarity): all three tensors or none, at least two
+    classes over the bank's features, and its calibration's largest probabilities sorted in [0, 1]."""
+    have = [name for name in _CLARITY if name in t]
+    if not have:
+        return
+    if len(have) < len(_CLARITY):
+        c.fail(f"the clarity classifier needs the tensors {list(_CLARITY)}; this file has only {have}")
+    coef = c.tensor(t, "novelty.clarity_coef", (None, n_features), np.float32)
+    c.tensor(t, "novelty.clarity_intercept", (coef.shape[0],), np.float32)
+    cal = c.tensor(t, "novelty.clarity_calibration", (None,), np.float32)
+    if coef.shape[0] < 2 or cal.size < 1 or (np.diff(cal) < 0).any() or cal[0] < 0 or cal[-1] > 1.0 + 1e-6:
+        c.fail("the clarity classifier needs at least two classes and a non-empty sorted calibration of "
+               "probabilities in [0, 1]")
