@@ -444,10 +444,10 @@ def classification_task(ds, fold, adata, peer, ref_idx, q_idx, methods, r_status
         row["unassigned_frac"] = float((pred["pruned_label"].astype(str).to_numpy()[scored] == "Unassigned").mean())
         labels = pred["label"].astype(str).to_numpy()[scored]
         row["call_auroc"] = call_auroc(y_q[scored], labels, pred["confidence"].to_numpy()[scored])
-        # the same model's confidence without its alignment factor (schash._novelty.confidence_factor)
-        unaligned = dataclasses.replace(model, novelty=dataclasses.replace(model.novelty, prototype_calibration=None))
-        conf = predict_schash(unaligned, qry, {}, warn_log)[0]["confidence"].to_numpy()[scored]
-        row["call_auroc_unaligned"] = call_auroc(y_q[scored], labels, conf)
+        # the same model's confidence without its clarity factor (schash._novelty.confidence_factor)
+        unclear = dataclasses.replace(model, novelty=dataclasses.replace(model.novelty, clarity_calibration=None))
+        conf = predict_schash(unclear, qry, {}, warn_log)[0]["confidence"].to_numpy()[scored]
+        row["call_auroc_unclear"] = call_auroc(y_q[scored], labels, conf)
         seed_rows.append(row)
 
     def add(method, labels=None, fit=np.nan, pred_s=np.nan, unassigned=np.nan, error="", score=None):
@@ -588,7 +588,8 @@ def novelty_folds(folds):
     return [first] if largest[0] == first[0] else [first, largest]
 
 
-NOVELTY_COLUMNS = ("schash_confidence", "schash_typicality", "schash_unassigned_left_out", "schash_unassigned_known")
+NOVELTY_COLUMNS = ("schash_confidence", "schash_typicality", "schash_unassigned_left_out", "schash_unassigned_known",
+                   "schash_confidence_unclear")
 NOVELTY_ALPHAS = (0.005, 0.01, 0.03, 0.05, 0.1)  # annotation-time novelty_alpha values beside the model's own
 
 
@@ -630,8 +631,11 @@ def novelty_tasks(ds, adata, fold, ref_idx, q_idx, methods, warn_log, seeds=(SEE
                 model, fit = train_schash(ref, {}, warn_log, seed=seed)
                 pred, by_alpha = calls_by_alpha(model, qry, novel, warn_log)
                 un = pred["pruned_label"].astype(str).to_numpy() == "Unassigned"
+                # the same model's confidence without its clarity factor (schash._novelty.confidence_factor)
+                unclear = dataclasses.replace(model, novelty=dataclasses.replace(model.novelty, clarity_calibration=None))
+                conf = predict_schash(unclear, qry, {}, warn_log)[0]["confidence"].to_numpy()
                 values = (auroc(novel, 1 - pred["confidence"].to_numpy()), auroc(novel, 1 - pred["typicality"].to_numpy()),
-                          float(un[novel == 1].mean()), float(un[novel == 0].mean()))
+                          float(un[novel == 1].mean()), float(un[novel == 0].mean()), auroc(novel, 1 - conf))
                 row.update({f"{c}_s{seed}": v for c, v in zip(NOVELTY_COLUMNS, values, strict=True)})
                 for a, (lo, kn) in by_alpha.items():
                     row[f"schash_unassigned_left_out_alpha{a}_s{seed}"] = lo
@@ -800,12 +804,12 @@ def call_section(rows: pd.DataFrame, seeds: pd.DataFrame | None) -> list[str]:
     if seeds is not None and "call_auroc" in seeds:
         by = seeds[seeds["kind"] == "cross-batch"].groupby(["dataset", "fold"], sort=False)
         piv["schash, mean of seeds"] = by["call_auroc"].mean().reindex(piv.index)
-        if "call_auroc_unaligned" in seeds:
-            piv["the same without alignment"] = by["call_auroc_unaligned"].mean().reindex(piv.index)
+        if "call_auroc_unclear" in seeds:
+            piv["the same without clarity"] = by["call_auroc_unclear"].mean().reindex(piv.index)
     piv = piv.dropna(how="all")
     if not len(piv):
         return []
-    cols = [c for c in ["schash", "schash, mean of seeds", "the same without alignment", *PEERS] if c in piv]
+    cols = [c for c in ["schash", "schash, mean of seeds", "the same without clarity", *PEERS] if c in piv]
     tab = pd.DataFrame({"dataset": [i[0] for i in piv.index], "fold": [i[1] for i in piv.index],
                         **{c: [fmt(v) for v in piv[c]] for c in cols}})
     both = piv[cols].dropna()  # tasks where every method has wrong and right calls
@@ -813,7 +817,7 @@ def call_section(rows: pd.DataFrame, seeds: pd.DataFrame | None) -> list[str]:
     return ["### Does the score flag the wrong calls?\n",
             ("Cross-batch tasks: AUROC of each method's own per-cell score for telling its correct calls from its "
              "wrong ones among the scored query cells (schash: `confidence`, seed 0 and the mean over its seeds, "
-             "and that mean for the same models' confidence without its alignment factor; "
+             "and that mean for the same models' confidence without its clarity factor; "
              "CellTypist: maximum probability; kNN-PCA: the winning vote share; SingleR: the top score; Seurat: "
              "`prediction.score.max`). Empty where a method made no wrong call.\n"), md_table(tab), "",
             f"Means over the {len(both)} tasks where every method made right and wrong calls: {mean}.", ""]
@@ -996,20 +1000,22 @@ def write_report(out: Path, rows: pd.DataFrame, st: pd.DataFrame, nov: pd.DataFr
                    "in `novelty.csv`).\n"), md_table(nt), ""]
         mean = {c: np.nanmean(nov[c].to_numpy(dtype=float)) if c in nov else np.nan
                 for c in ("schash_confidence", "schash_typicality", "celltypist_maxprob", "schash_unassigned_left_out",
-                          "schash_unassigned_known")}
+                          "schash_unassigned_known", "schash_confidence_unclear")}
         hold = {
             f"mean Unassigned left-out >= {TARGETS['unassigned_left_out']:.2f}":
                 mean["schash_unassigned_left_out"] >= TARGETS["unassigned_left_out"],
             f"mean Unassigned known <= {TARGETS['unassigned_known']:.2f}":
                 mean["schash_unassigned_known"] <= TARGETS["unassigned_known"],
             f"mean AUROC (1 − confidence) >= {TARGETS['auroc']:.2f}": mean["schash_confidence"] >= TARGETS["auroc"]}
-        lines += [f"Summary over {len(nov)} tasks: mean AUROC schash 1−confidence {fmt(mean['schash_confidence'])}, "
+        lines += [f"Summary over {len(nov)} tasks: mean AUROC schash 1−confidence {fmt(mean['schash_confidence'])} "
+                  f"(the same models without the clarity factor {fmt(mean['schash_confidence_unclear'])}), "
                   f"1−typicality {fmt(mean['schash_typicality'])}, CellTypist 1−maxprob "
                   f"{fmt(mean['celltypist_maxprob'])}; mean Unassigned left-out {fmt(mean['schash_unassigned_left_out'])}"
                   f" / known {fmt(mean['schash_unassigned_known'])}. Targets: " + "; ".join(
                       f"{k}: {'holds' if v else 'MISSED'}" for k, v in hold.items()) + ".", ""]
         if len(nov_seeds) > 1:
-            per = {c: [np.nanmean(nov[f"{c}_s{x}"].to_numpy(dtype=float)) for x in nov_seeds] for c in NOVELTY_COLUMNS}
+            per = {c: [np.nanmean(nov[f"{c}_s{x}"].to_numpy(dtype=float)) if f"{c}_s{x}" in nov else np.nan
+                       for x in nov_seeds] for c in NOVELTY_COLUMNS}
             lines += ["Per seed (" + ", ".join(str(x) for x in nov_seeds) + "): mean AUROC 1−confidence " +
                       " / ".join(fmt(v) for v in per["schash_confidence"]) + "; Unassigned left-out " +
                       " / ".join(fmt(v) for v in per["schash_unassigned_left_out"]) + ", known " +
@@ -1040,7 +1046,8 @@ def write_report(out: Path, rows: pd.DataFrame, st: pd.DataFrame, nov: pd.DataFr
                    "hidden layer) rank the cross-batch tasks above better and these worse — known cells of close "
                    "subtypes are ambiguous too, a left-out type may be unambiguously like one known type — so a "
                    "change to the scorer is judged on both.\n"), md_table(gt), "",
-                  f"Mean over {len(guard)} tasks: AUROC schash 1−confidence {fmt(gm['schash_confidence'])}, "
+                  f"Mean over {len(guard)} tasks: AUROC schash 1−confidence {fmt(gm['schash_confidence'])} (without "
+                  f"the clarity factor {fmt(gm['schash_confidence_unclear'])}), "
                   f"1−typicality {fmt(gm['schash_typicality'])}, CellTypist 1−maxprob {fmt(ct)}; Unassigned "
                   f"left-out {fmt(gm['schash_unassigned_left_out'])} / known {fmt(gm['schash_unassigned_known'])}"
                   + (" (schash: means over seeds " + ", ".join(str(x) for x in g_seeds) + ")." if g_seeds else "."),
