@@ -22,7 +22,8 @@ import warnings
 import numpy as np
 
 # the inverse regularisation strength: 10, 100 and 1,000 ranked the benchmark's left-out-type cells alike
-# (seeds 3-4, a harness: AUROC 0.900 / 0.901 / 0.901)
+# (classes unweighted, seeds 3-4, a harness: AUROC 0.900 / 0.901 / 0.901); balanced class weights ranked
+# them better than unweighted (seeds 0-4: 0.901 against 0.899)
 C = 100.0
 
 
