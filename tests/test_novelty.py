@@ -249,19 +249,27 @@ def test_trained_models_calibrate_the_alignment_and_older_files_load_without_it(
     assert (np.diff(cal) >= 0).all() and -1.0 <= cal[0] <= cal[-1] <= 1.0 + 1e-6
     enc = synth_model.encoded(query)
     assert enc.alignment is not None and ((enc.alignment > 0) & (enc.alignment <= 1)).all()
-    table = synth_model.call(enc)
+    # as saved before the alignment
+    _saved_and_saved_before(synth_model, query, enc, tmp_path, lambda meta, t: t.pop("novelty.prototype_calibration"),
+                            enc.alignment)
+
+
+def _saved_and_saved_before(model, query, enc, tmp_path, drop, p_values):
+    """The calls of ``enc`` (``query``'s encoding) survive saving and loading; the file edited by ``drop``
+    (as saved before a confidence factor) gives the same calls and typicality and the confidence without
+    the factor ``min(1, p_values / 0.1)``, exactly — never lower, and lower for some cells of this query."""
+    table = model.call(enc)
     path = tmp_path / "m.schash"
-    synth_model.save(path)
+    model.save(path)
     pd.testing.assert_frame_equal(schash.load(path).predict(query), table)
-    old = tmp_path / "old.schash"  # as saved before the alignment
-    old.write_bytes(edited_model_file(path.read_bytes(), lambda meta, t: t.pop("novelty.prototype_calibration")))
+    old = tmp_path / "old.schash"
+    old.write_bytes(edited_model_file(path.read_bytes(), drop))
     before = schash.load(old).predict(query)
-    # the same calls and typicality; the confidence without the alignment factor, never lower
     assert (before["label"] == table["label"]).all() and np.array_equal(before["typicality"], table["typicality"])
-    code = before["confidence"].to_numpy()
-    factor = np.minimum(1.0, enc.alignment / 0.1)
-    np.testing.assert_allclose(table["confidence"].to_numpy(), code * factor, rtol=1e-12, atol=1e-15)
-    assert (factor < 1).any()  # some cells of this shifted query are less aligned than the calibration's tenth
+    factor = np.minimum(1.0, p_values / 0.1)
+    np.testing.assert_allclose(table["confidence"].to_numpy(), before["confidence"].to_numpy() * factor,
+                               rtol=1e-12, atol=1e-15)
+    assert (factor < 1).any()  # some cells of this shifted query are below the calibration's tenth
 
 
 @pytest.mark.parametrize("n_types", [2, 4])
@@ -305,22 +313,10 @@ def test_trained_models_calibrate_the_clarity_and_older_files_load_without_it(sy
     assert nov.clarity_coef.shape == (len(synth_model.cell_types), nov.bank.shape[1])
     enc = synth_model.encoded(query)
     assert enc.clarity is not None and ((enc.clarity > 0) & (enc.clarity <= 1)).all()
-    table = synth_model.call(enc)
-    path = tmp_path / "m.schash"
-    synth_model.save(path)
-    pd.testing.assert_frame_equal(schash.load(path).predict(query), table)
-    old = tmp_path / "old.schash"  # as saved before the clarity
 
-    def drop(meta, t):
+    def drop(meta, t):  # as saved before the clarity
         for name in ("novelty.clarity_coef", "novelty.clarity_intercept", "novelty.clarity_calibration"):
             t.pop(name)
 
-    old.write_bytes(edited_model_file(path.read_bytes(), drop))
-    before = schash.load(old).predict(query)
-    # the same calls and typicality; the confidence without the clarity factor, never lower
-    assert (before["label"] == table["label"]).all() and np.array_equal(before["typicality"], table["typicality"])
-    factor = np.minimum(1.0, enc.clarity / 0.1)
-    np.testing.assert_allclose(table["confidence"].to_numpy(), before["confidence"].to_numpy() * factor,
-                               rtol=1e-12, atol=1e-15)
-    assert (factor < 1).any()  # some cells of this shifted query are less clear than the calibration's tenth
+    _saved_and_saved_before(synth_model, query, enc, tmp_path, drop, enc.clarity)
 
