@@ -137,6 +137,10 @@ def _clarity_wrong_features(m, t):
     t["novelty.clarity_coef"] = t["novelty.clarity_coef"][:, :-1].copy()
 
 
+def _clarity_euclidean_bank(m, t):
+    m["novelty_metric"] = "euclidean"
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
@@ -165,6 +169,7 @@ def _clarity_wrong_features(m, t):
         (_clarity_not_probabilities, "clarity classifier needs.*probabilities in \\[0, 1\\]"),
         (_clarity_one_class, "clarity classifier needs at least two classes"),
         (_clarity_wrong_features, "clarity_coef.*shape"),
+        (_clarity_euclidean_bank, "clarity classifier reads the cosine bank"),
     ],
 )
 def test_inconsistent_model_file_is_refused(model_bytes, tmp_path, edit, message):

@@ -218,7 +218,7 @@ def check_tensors(meta, t: dict, path) -> None:
                                                  np.abs(t["novelty.prototype_calibration"]).max() > 1.0 + 1e-5):
         c.fail("tensor 'novelty.prototype_calibration' holds cosines with the type prototypes: it needs the "
                "'prototypes' tensor and values in [-1, 1]")
-    _clarity(c, t, bank.shape[1])
+    _clarity(c, t, bank.shape[1], meta.get("novelty_metric", "euclidean"))
     joint = t.get("novelty.joint_calibration")
     if joint is not None and joint.shape != t["novelty.margin_calibration"].shape:
         c.fail("the novelty scorer's joint and margin calibrations must hold one value per calibration cell")
@@ -279,14 +279,17 @@ def _check_rare(c: _Checker, t: dict, n_types: int, n_genes: int) -> set:
     return set(_RARE)
 
 
-def _clarity(c, t, n_features: int) -> None:
+def _clarity(c, t, n_features: int, metric: str) -> None:
     """The expression view's type classifier (schash._clarity): all three tensors or none, at least two
-    classes over the bank's features, and its calibration's largest probabilities sorted in [0, 1]."""
+    classes over the bank's features (as unit vectors: the cosine bank), and its calibration's largest
+    probabilities sorted in [0, 1]."""
     have = [name for name in _CLARITY if name in t]
     if not have:
         return
     if len(have) < len(_CLARITY):
         c.fail(f"the clarity classifier needs the tensors {list(_CLARITY)}; this file has only {have}")
+    if metric != "cosine":
+        c.fail("the clarity classifier reads the cosine bank's unit vectors; this file's bank is not one")
     coef = c.tensor(t, "novelty.clarity_coef", (None, n_features), np.float32)
     c.tensor(t, "novelty.clarity_intercept", (coef.shape[0],), np.float32)
     cal = c.tensor(t, "novelty.clarity_calibration", (None,), np.float32)
