@@ -57,12 +57,16 @@ SEARCHES = {  # settings that force each of knn_indices' searches
     "walk": {"LOOP_COST_PAIRS": -10**6},
     "direct": {"LOOP_COST_PAIRS": 10**9, "PATTERN_KEY_LIMIT": 0},
     "pattern": {"LOOP_COST_PAIRS": 10**9, "PATTERN_KEY_LIMIT": 2**24, "PATTERN_SHARE_MIN": 0},
-    "pattern, unshared": {"LOOP_COST_PAIRS": 10**9, "PATTERN_KEY_LIMIT": 2**24, "PATTERN_SHARE_MIN": 10**9}}
+    "pattern, unshared": {"LOOP_COST_PAIRS": 10**9, "PATTERN_KEY_LIMIT": 2**24, "PATTERN_SHARE_MIN": 10**9},
+    "faiss": {"LOOP_NS_PER_CODE": 10**12}}  # FAISS's scan (the faiss extra), never the walk
 
 
 def force(search, monkeypatch):
     from schash import _hamming as h
 
+    if search == "faiss":
+        pytest.importorskip("faiss")
+    monkeypatch.setenv("SCHASH_FAISS", "1" if search == "faiss" else "0")
     for name, value in SEARCHES[search].items():
         monkeypatch.setattr(h, name, value)
 
@@ -70,8 +74,8 @@ def force(search, monkeypatch):
 @pytest.mark.parametrize("search", sorted(SEARCHES))
 @pytest.mark.parametrize("n_distinct", [5, 400, 3000])
 def test_every_neighbour_search_equals_a_stable_argsort(n_distinct, search, monkeypatch):
-    """The walk over distinct codes, the direct search and the search through code order give one
-    answer: a stable argsort of the full distance row, ties by reference index."""
+    """The walk over distinct codes, the direct search, the search through code order and FAISS's scan
+    give one answer: a stable argsort of the full distance row, ties by reference index."""
     from schash import _hamming as h
 
     rng = np.random.default_rng(n_distinct)
@@ -86,11 +90,12 @@ def test_every_neighbour_search_equals_a_stable_argsort(n_distinct, search, monk
     np.testing.assert_array_equal(dist, np.take_along_axis(d, order, axis=1))
 
 
-@pytest.mark.parametrize("search", ["direct", "pattern", "pattern, unshared"])
+@pytest.mark.parametrize("search", ["direct", "pattern", "pattern, unshared", "faiss"])
 @pytest.mark.parametrize("k", [1, 7, 40])
 def test_direct_searches_at_the_edges_of_k(k, search, monkeypatch):
-    """k of one, a k that falls inside a run of ties, and k equal to the whole reference; with many
-    codes tied at the k-th distance the search through code order hands those rows on."""
+    """k of one, a k that falls inside a run of ties (FAISS must keep the lowest reference indices of
+    the tied cells), and k equal to the whole reference; with many codes tied at the k-th distance
+    the search through code order hands those rows on."""
     from schash import _hamming as h
 
     force(search, monkeypatch)
@@ -139,6 +144,7 @@ def test_direct_search_keys_stay_exact_past_float32(n_ref, monkeypatch):
     from schash import _hamming as h
 
     monkeypatch.setattr(h, "LOOP_COST_PAIRS", 10**9)
+    monkeypatch.setenv("SCHASH_FAISS", "0")
     rng = np.random.default_rng(n_ref)
     ref = rng.integers(0, 256, (n_ref, 8), dtype=np.uint8)
     ref[-5:] = ref[-6]  # ties at the far end of the key range
@@ -148,6 +154,47 @@ def test_direct_search_keys_stay_exact_past_float32(n_ref, monkeypatch):
     idx, dist = h.knn_indices(q, ref, 10)
     np.testing.assert_array_equal(idx, order)
     np.testing.assert_array_equal(dist, np.take_along_axis(d, order, axis=1))
+
+
+def test_faiss_is_chosen_where_it_is_cheaper_and_installed(monkeypatch):
+    """FAISS scans the candidates unless the walk through few distinct codes is cheaper (many cells
+    per code, a large k); SCHASH_FAISS=0 or no faiss module leaves the searches here."""
+    import sys
+
+    from schash import _hamming as h
+
+    faiss = pytest.importorskip("faiss")
+    monkeypatch.delenv("SCHASH_FAISS", raising=False)
+    assert h._faiss_for(340, 74, 15) is faiss  # the speed benchmark's 1,000-cell database
+    assert h._faiss_for(11_087, 9_471, 15) is faiss  # its 1,000,000-cell one
+    assert h._faiss_for(40_000, 200, 200) is None  # 200 codes of 400 cells, k = 200: the walk
+    monkeypatch.setenv("SCHASH_FAISS", "0")
+    assert h._faiss_for(340, 74, 15) is None
+    monkeypatch.delenv("SCHASH_FAISS")
+    monkeypatch.setitem(sys.modules, "faiss", None)  # not installed
+    assert h._faiss_for(340, 74, 15) is None
+
+
+def test_faiss_runs_on_torch_s_thread_count_and_restores_its_own(monkeypatch):
+    faiss = pytest.importorskip("faiss")
+    import torch
+
+    from schash import _hamming as h
+
+    seen = []
+    search = faiss.IndexBinaryFlat.search
+    monkeypatch.setattr(faiss.IndexBinaryFlat, "search",
+                        lambda self, *a, **kw: seen.append(faiss.omp_get_max_threads()) or search(self, *a, **kw))
+    before_faiss, before_torch = faiss.omp_get_max_threads(), torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rng = np.random.default_rng(0)
+        h._knn_faiss(faiss, rng.integers(0, 256, (5, 8), dtype=np.uint8),
+                     rng.integers(0, 256, (50, 8), dtype=np.uint8), 3)
+    finally:
+        torch.set_num_threads(before_torch)
+    assert seen == [1]
+    assert faiss.omp_get_max_threads() == before_faiss
 
 
 def test_distances_are_exact_popcounts():
