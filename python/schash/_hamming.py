@@ -203,7 +203,7 @@ def knn_indices(codes: np.ndarray, ref_codes: np.ndarray, k: int,
 # candidate cell at 15 neighbours, more with more neighbours (about a factor 1 + k / 100).  It was
 # faster than the direct and pattern searches below on every database measured (15 neighbours: the
 # speed benchmark's synthetic codes 1.6-2.1 times, codes that hardly collapse 3.6-8 times; 50 and
-# 150 neighbours: 1.6-16 times) and than the walk through the distinct codes unless the candidates
+# 150 neighbours: 1.6-22 times) and than the walk through the distinct codes unless the candidates
 # are many per code and k is large (200 codes of 400 cells, k = 200: 0.27 s against 0.13 s)
 FAISS_NS_PER_CODE, FAISS_NS_PER_CANDIDATE = 1_000, 0.6
 
