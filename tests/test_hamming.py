@@ -56,8 +56,9 @@ def test_knn_vote_equals_brute_force_with_fractional_ties(width, k):
 SEARCHES = {  # settings that force each of knn_indices' searches
     "walk": {"LOOP_COST_PAIRS": -10**6},
     "direct": {"LOOP_COST_PAIRS": 10**9, "PATTERN_KEY_LIMIT": 0},
-    "pattern": {"LOOP_COST_PAIRS": 10**9, "PATTERN_KEY_LIMIT": 2**24, "PATTERN_SHARE_MIN": 0},
-    "pattern, unshared": {"LOOP_COST_PAIRS": 10**9, "PATTERN_KEY_LIMIT": 2**24, "PATTERN_SHARE_MIN": 10**9},
+    "pattern": {"LOOP_COST_PAIRS": 10**9, "PATTERN_KEY_LIMIT": 2**24, "PATTERN_SHARE_MIN": 0, "PATTERN_MAX_K": 10**9},
+    "pattern, unshared": {"LOOP_COST_PAIRS": 10**9, "PATTERN_KEY_LIMIT": 2**24, "PATTERN_SHARE_MIN": 10**9,
+                          "PATTERN_MAX_K": 10**9},
     "faiss": {"LOOP_NS_PER_CODE": 10**12}}  # FAISS's scan (the faiss extra), never the walk
 
 
@@ -154,6 +155,27 @@ def test_direct_search_keys_stay_exact_past_float32(n_ref, monkeypatch):
     idx, dist = h.knn_indices(q, ref, 10)
     np.testing.assert_array_equal(idx, order)
     np.testing.assert_array_equal(dist, np.take_along_axis(d, order, axis=1))
+
+
+@pytest.mark.parametrize(("k", "by_pattern"), [(15, True), (21, False)])
+def test_the_pattern_search_serves_up_to_twenty_neighbours(k, by_pattern, monkeypatch):
+    """Each pattern orders w × k cells: above 20 neighbours the direct search runs instead."""
+    from schash import _hamming as h
+
+    monkeypatch.setenv("SCHASH_FAISS", "0")
+    used = []
+    for name in ("_knn_by_pattern", "_knn_direct"):
+        search = getattr(h, name)
+        monkeypatch.setattr(h, name, lambda *a, _s=search, _n=name: used.append(_n) or _s(*a))
+    rng = np.random.default_rng(k)
+    base = rng.integers(0, 256, (20, 8), dtype=np.uint8)
+    ref = base[rng.integers(0, 20, 400)]
+    q = base[rng.integers(0, 20, 300)] ^ (rng.random((300, 8)) < 0.05).astype(np.uint8)
+    d = h.distances(q, ref)
+    order = np.argsort(d, axis=1, kind="stable")[:, :k]
+    idx, _ = h.knn_indices(q, ref, k)
+    np.testing.assert_array_equal(idx, order)
+    assert used[0] == ("_knn_by_pattern" if by_pattern else "_knn_direct")
 
 
 def test_faiss_is_chosen_where_it_is_cheaper_and_installed(monkeypatch):
