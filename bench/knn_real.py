@@ -49,13 +49,16 @@ def search(name: str, ref: np.ndarray, query: np.ndarray, k: int) -> dict:
         t = time.perf_counter()
         _, d_s = _hamming.knn_indices(query, ref, k)
         t_s.append(time.perf_counter() - t)
+        before = os.environ.get("SCHASH_FAISS")
         os.environ["SCHASH_FAISS"] = "0"  # schash's own search alone, as it runs without faiss
         try:
             t = time.perf_counter()
             _, d_o = _hamming.knn_indices(query, ref, k)
             t_o.append(time.perf_counter() - t)
         finally:
-            del os.environ["SCHASH_FAISS"]
+            os.environ.pop("SCHASH_FAISS")
+            if before is not None:
+                os.environ["SCHASH_FAISS"] = before
         t = time.perf_counter()
         index = faiss.IndexBinaryFlat(ref.shape[1] * 8)
         index.add(ref)
