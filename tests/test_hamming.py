@@ -180,13 +180,21 @@ def test_the_pattern_search_serves_up_to_twenty_neighbours(k, by_pattern, monkey
 
 def test_faiss_is_chosen_where_it_is_cheaper_and_installed(monkeypatch):
     """FAISS scans the candidates unless the walk through few distinct codes is cheaper (many cells
-    per code, a large k); SCHASH_FAISS=0 or no faiss module leaves the searches here."""
+    per code, a large k); SCHASH_FAISS=0 or no faiss module leaves the searches here, and so does
+    macOS or Windows unless SCHASH_FAISS=1 (FAISS's and torch's OpenMP runtimes can clash there)."""
     import sys
 
     from schash import _hamming as h
 
     faiss = pytest.importorskip("faiss")
     monkeypatch.delenv("SCHASH_FAISS", raising=False)
+    for platform in ("darwin", "win32"):
+        monkeypatch.setattr(h.sys, "platform", platform)
+        assert h._faiss_for(340, 74, 15) is None
+        monkeypatch.setenv("SCHASH_FAISS", "1")
+        assert h._faiss_for(340, 74, 15) is faiss
+        monkeypatch.delenv("SCHASH_FAISS")
+    monkeypatch.setattr(h.sys, "platform", "linux")
     assert h._faiss_for(340, 74, 15) is faiss  # the speed benchmark's 1,000-cell database
     assert h._faiss_for(11_087, 9_471, 15) is faiss  # its 1,000,000-cell one
     assert h._faiss_for(40_000, 200, 200) is None  # 200 codes of 400 cells, k = 200: the walk

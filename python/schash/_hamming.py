@@ -10,6 +10,7 @@ binary index scans what is left (:func:`knn_indices`).
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 
@@ -151,8 +152,9 @@ def knn_indices(codes: np.ndarray, ref_codes: np.ndarray, k: int,
     once (with few distinct reference codes, through the order of those codes; see
     :func:`_knn_by_pattern`); otherwise each distinct query code walks the distinct reference
     codes in order of distance and touches only the cells of the closest ones.  Where FAISS is
-    installed (the ``faiss`` extra) the distinct query codes are scanned against the candidates by
-    FAISS's binary index instead, unless the walk is cheaper (:func:`_faiss_for`): the same answer.
+    installed (the ``faiss`` extra; by default on Linux only) the distinct query codes are scanned
+    against the candidates by FAISS's binary index instead, unless the walk is cheaper
+    (:func:`_faiss_for`): the same answer.
     """
     k = int(min(k, ref_codes.shape[0]))
     q_uniq, q_inv, _ = distinct(codes)
@@ -209,9 +211,14 @@ FAISS_NS_PER_CODE, FAISS_NS_PER_CANDIDATE = 1_000, 0.6
 
 
 def _faiss_for(n_candidates: int, n_codes: int, k: int):
-    """The ``faiss`` module where it is installed, not turned off (``SCHASH_FAISS=0``) and, where the
-    search would walk the distinct reference codes, cheaper than that walk (see the costs here); else None."""
-    if os.environ.get("SCHASH_FAISS", "1") == "0":
+    """The ``faiss`` module where it is installed, wanted and, where the search would walk the distinct
+    reference codes, cheaper than that walk (see the costs here); else None.
+
+    Wanted: ``SCHASH_FAISS=1``, or by default on Linux only.  On macOS and Windows faiss-cpu and torch
+    each bring their own OpenMP runtime, and a process that loads both can abort ("OMP: Error #15") or
+    crash in FAISS's search (faiss-wheels issues 40 and 73): there FAISS runs only when asked for."""
+    wanted = os.environ.get("SCHASH_FAISS", "1" if sys.platform.startswith("linux") else "0")
+    if wanted == "0":
         return None
     walks = n_candidates > 3 * n_codes + LOOP_COST_PAIRS
     faiss_ns = (FAISS_NS_PER_CODE + FAISS_NS_PER_CANDIDATE * n_candidates) * (1 + k / 100)
